@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping
 
 import pandas as pd
 import yaml
+from pydantic_core import core_schema
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -55,8 +56,22 @@ class Duration(str):
     def seconds(self) -> float:
         return self.td.total_seconds()
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _duration,
+            json_schema_input_schema=core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(str),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _schema: Any, handler: Any) -> dict:
+        return {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w|y))+$", "examples": ["30s", "5m", "1h30m", "7d"]}
+
 
 def _duration(v: Any) -> Duration:
+    if isinstance(v, Duration):
+        return v
     parse_duration(v)  # raises ValueError with the accepted forms
     return Duration(str(v).strip())
 
@@ -105,7 +120,6 @@ class PrometheusConfig(_Model):
     retries: int = Field(3, ge=0, le=20, description="Retries on timeouts and connection errors.")
     backoff: Duration = Field(Duration("0.5s"), description="First retry delay; doubles each try.")
 
-    _v_dur = field_validator("timeout", "backoff", mode="before")(lambda v: _duration(v))
 
     @field_validator("url")
     @classmethod
@@ -147,7 +161,6 @@ class GrafanaConfig(_Model):
     timeout: Duration = Duration("10s")
     verify_tls: bool = True
 
-    _v_dur = field_validator("timeout", mode="before")(lambda v: _duration(v))
 
     @model_validator(mode="after")
     def _token(self) -> "GrafanaConfig":
@@ -174,7 +187,6 @@ class SyntheticSourceConfig(_Model):
     step: Duration = Duration("5m")
     end: str | None = Field(None, description="End time (ISO 8601); default: now, rounded.")
 
-    _v_dur = field_validator("step", mode="before")(lambda v: _duration(v))
 
 
 class FileSourceConfig(_Model):
@@ -206,14 +218,13 @@ class DetectorConfig(_Model):
     merge_gap: Duration = Field(Duration("10m"), description="Runs this close merge into one.")
     critical_score: float = Field(3.0, gt=0, description="Peak score at which severity is critical.")
 
-    @field_validator("min_duration", mode="before")
+    @field_validator("min_duration", mode="wrap")
     @classmethod
-    def _min(cls, v: Any) -> Duration:
+    def _min(cls, v: Any, handler: Any) -> Duration:
         if str(v).strip() in ("0", "0s"):
             return Duration("0s")
-        return _duration(v)
+        return handler(v)
 
-    _v_dur = field_validator("merge_gap", mode="before")(lambda v: _duration(v))
 
 
 class CapacityConfig(_Model):
@@ -245,9 +256,6 @@ class WatchConfig(_Model):
     )
     dashboard: bool = True
 
-    _v_dur = field_validator("step", "history", "horizon", "fit_every", "infer_every", mode="before")(
-        lambda v: _duration(v)
-    )
 
     @field_validator("name")
     @classmethod
@@ -273,7 +281,6 @@ class OpenAIBackendConfig(_Model):
     timeout: Duration = Duration("30s")
     retries: int = Field(2, ge=0, le=10)
 
-    _v_dur = field_validator("timeout", mode="before")(lambda v: _duration(v))
 
     @model_validator(mode="after")
     def _key(self) -> "OpenAIBackendConfig":
