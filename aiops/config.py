@@ -81,7 +81,7 @@ def _read_secret_file(path: str, field_name: str) -> SecretStr:
     try:
         return SecretStr(p.read_text().strip())
     except OSError as exc:
-        raise ValueError(f"cannot read {field_name} from {p}: {exc.strerror}") from exc
+        raise ValueError(f"{field_name}_file: cannot read {p}: {exc.strerror}") from exc
 
 
 class BasicAuth(_Model):
@@ -444,7 +444,9 @@ def _set_path(data: dict, parts: list[str | int], value: Any, env_key: str) -> N
                 cur = cur.setdefault(part, {} if not isinstance(parts[i + 1], int) else [])
 
 
-def _format_error(err: dict, lines: dict[tuple, int], source: str) -> tuple[str, str]:
+def _format_error(
+    err: dict, lines: dict[tuple, int], source: str, origins: Mapping[tuple, str] | None = None
+) -> tuple[str, str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     path = yaml_path(loc)
     msg = err["msg"]
@@ -454,6 +456,9 @@ def _format_error(err: dict, lines: dict[tuple, int], source: str) -> tuple[str,
         msg = f"unknown key {loc[-1]!r} (misspelt? see docs/configuration.md)"
     elif err["type"] == "missing":
         msg = "required but missing"
+    for n in range(len(loc), 0, -1):
+        if origins and loc[:n] in origins:
+            return path, f"{msg} (from {origins[loc[:n]]})"
     line = None
     probe = loc
     while probe and line is None:
@@ -463,13 +468,19 @@ def _format_error(err: dict, lines: dict[tuple, int], source: str) -> tuple[str,
     return path, msg + where
 
 
-def validate_config(data: Mapping[str, Any], *, source: str = "<config>", text: str = "") -> AiopsConfig:
+def validate_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    text: str = "",
+    origins: Mapping[tuple, str] | None = None,
+) -> AiopsConfig:
     """Validate a config mapping; raise ConfigError naming every problem by YAML path."""
     try:
         return AiopsConfig.model_validate(data)
     except ValidationError as exc:
         lines = _yaml_lines(text) if text else {}
-        problems = [_format_error(e, lines, source) for e in exc.errors()]
+        problems = [_format_error(e, lines, source, origins) for e in exc.errors()]
         raise ConfigError(
             f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the configuration",
             problems=problems,
@@ -512,9 +523,12 @@ def load_config(
         raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    origins: dict[tuple, str] = {}
     for parts, value, key in _env_overrides(os.environ if environ is None else environ):
         _set_path(data, parts, value, key)
+        origins[tuple(parts)] = f"environment variable {key}"
     for dotted, value in (overrides or {}).items():
         parts = [int(p) if p.isdigit() else p for p in dotted.split(".")]
         _set_path(data, parts, value, f"--{dotted}")
-    return validate_config(data, source=source, text=text)
+        origins[tuple(parts)] = "command line"
+    return validate_config(data, source=source, text=text, origins=origins)
