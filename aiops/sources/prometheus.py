@@ -1,0 +1,362 @@
+"""Prometheus (and Thanos, Mimir, Cortex, VictoriaMetrics) as a metric source.
+
+Range queries go through prometheus-api-client's ``custom_query_range`` on a
+``requests.Session`` we configure (auth, headers, TLS); long ranges are split so no request
+asks for more than ``max_points_per_request`` points per series, and the pieces are stitched
+onto one step grid. Errors from the client and from ``requests`` are turned into the
+:class:`aiops.errors.SourceError` family here, where they enter.
+
+Values: Prometheus sends sample values as strings. ``"NaN"`` stays NaN (missing).
+``"+Inf"``/``"-Inf"`` (e.g. ``histogram_quantile`` landing in the +Inf bucket, or a division
+by zero) are also turned into NaN, because no model can fit an infinite value; a warning
+says how many were dropped.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from aiops.errors import AuthError, BadQuery, InputError, NoData, SourceError, SourceUnavailable, TooManySeries
+from aiops.sources.base import align_to_grid, grid
+from aiops.types import SeriesBatch, series_id
+
+if TYPE_CHECKING:
+    from aiops.config import PrometheusConfig
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Prometheus answers 503 for a query timeout or cancellation and 502/504 come from proxies in
+# front of it: worth retrying like a connection error. Other statuses are final.
+_RETRY_STATUS = {502, 503, 504}
+_TRANSIENT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError)
+_CLIENT_ERR_RE = re.compile(r"^HTTP Status Code (\d+) \((.*)\)$", re.S)
+
+
+class _HTTPStatus(Exception):
+    """A non-2xx answer, with Prometheus's own error type and message when it sent JSON."""
+
+    def __init__(self, status: int, error_type: str | None, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.error_type, self.message = status, error_type, message
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, safe for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _parse_error_body(status: int, body: bytes | str) -> _HTTPStatus:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    try:
+        doc = json.loads(text)
+        return _HTTPStatus(status, doc.get("errorType"), str(doc.get("error") or text).strip())
+    except (ValueError, AttributeError):
+        return _HTTPStatus(status, None, text.strip()[:500] or f"HTTP {status}")
+
+
+def _from_client_error(exc: PrometheusApiClientException) -> _HTTPStatus:
+    # prometheus-api-client keeps only "HTTP Status Code <n> (<repr of the body bytes>)".
+    m = _CLIENT_ERR_RE.match(str(exc))
+    if not m:
+        return _HTTPStatus(0, None, str(exc))
+    try:
+        body = ast.literal_eval(m.group(2))
+    except (ValueError, SyntaxError):
+        body = m.group(2)
+    return _parse_error_body(int(m.group(1)), body)
+
+
+class PrometheusSource:
+    """Range queries against a Prometheus-compatible HTTP API.
+
+    Args:
+        url: base URL of the API (``http://prometheus:9090``, or a Mimir ``.../prometheus``).
+        bearer_token: sent as ``Authorization: Bearer``.
+        basic_auth: ``(username, password)``.
+        headers: extra headers on every request (``X-Scope-OrgID`` for a Mimir tenant).
+        timeout: per-request timeout in seconds.
+        verify_tls: verify the server certificate; ``ca_file`` names the CA bundle.
+        max_points_per_request: most points per series in one request (Prometheus: 11,000).
+        retries: retries on timeouts, connection errors and 502/503/504.
+        backoff: first retry delay in seconds; doubles each retry.
+    """
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        bearer_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+        max_points_per_request: int = 11000,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ):
+        if not re.match(r"^https?://[^/\s]+", url or ""):
+            raise InputError(f"Prometheus url must be http(s)://host[:port], got {redact_url(str(url))!r}")
+        if bearer_token and basic_auth:
+            raise InputError("set bearer_token or basic_auth, not both")
+        if max_points_per_request < 2:
+            raise InputError(f"max_points_per_request must be at least 2, got {max_points_per_request}")
+        self.url = url.rstrip("/")
+        self.safe_url = redact_url(self.url)
+        self.timeout = float(timeout)
+        self.max_points_per_request = int(max_points_per_request)
+        self.retries = max(0, int(retries))
+        self.backoff = max(0.0, float(backoff))
+        self._headers = {k: str(v) for k, v in (headers or {}).items()}
+        if bearer_token:
+            self._headers["Authorization"] = f"Bearer {bearer_token}"
+        self._auth = tuple(basic_auth) if basic_auth else None
+        self._verify: bool | str = ca_file if (verify_tls and ca_file) else bool(verify_tls)
+        self._client: PrometheusConnect | None = None
+        self._session: requests.Session | None = None
+
+    @classmethod
+    def from_config(cls, cfg: "PrometheusConfig") -> "PrometheusSource":
+        """Build a source from the ``prometheus:`` section of the config."""
+        basic = None
+        if cfg.basic_auth is not None:
+            pw = cfg.basic_auth.password.get_secret_value() if cfg.basic_auth.password else ""
+            basic = (cfg.basic_auth.username, pw)
+        return cls(
+            cfg.url,
+            bearer_token=cfg.bearer_token.get_secret_value() if cfg.bearer_token else None,
+            basic_auth=basic,
+            headers=dict(cfg.headers),
+            timeout=cfg.timeout.seconds,
+            verify_tls=cfg.verify_tls,
+            ca_file=cfg.ca_file,
+            max_points_per_request=cfg.max_points_per_request,
+            retries=cfg.retries,
+            backoff=cfg.backoff.seconds,
+        )
+
+    def __repr__(self) -> str:  # never shows credentials
+        return f"PrometheusSource({self.safe_url!r})"
+
+    # -- public API ---------------------------------------------------------------------
+
+    def fetch(
+        self,
+        query: str,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+        step: pd.Timedelta,
+        *,
+        watch: str | None = None,
+        max_series: int | None = None,
+    ) -> SeriesBatch:
+        """Run a range query and return every series on the step grid from start to end.
+
+        Raises:
+            InputError: empty query, step under one second, or end before start.
+            NoData: the query matched no series in the range.
+            TooManySeries: more than ``max_series`` series.
+            BadQuery: Prometheus rejected the query (its message is kept).
+            AuthError: 401/403.
+            SourceUnavailable: unreachable after ``retries`` retries.
+        """
+        if not query or not str(query).strip():
+            raise InputError("empty query", hint="set watches[].query to a PromQL expression")
+        step = pd.Timedelta(step)
+        if step < pd.Timedelta(seconds=1):
+            raise InputError(f"step must be at least 1s for Prometheus, got {step}")
+        index = grid(pd.Timestamp(start), pd.Timestamp(end), step)
+        if len(index) == 0:
+            raise InputError(f"no step-aligned point between start {start} and end {end} (step {step})")
+        if max_series is not None and max_series < 1:
+            raise InputError(f"max_series must be at least 1, got {max_series}")
+        return self._fetch(str(query), index, step, watch, max_series)
+
+    def check(self) -> None:
+        """Raise SourceUnavailable (or AuthError) unless the server answers now."""
+        self._call(lambda: self._get("/api/v1/status/buildinfo", fallback="/-/ready"), None, None)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = self._session = None
+
+    # -- internals ----------------------------------------------------------------------
+
+    @property
+    def client(self) -> PrometheusConnect:
+        if self._client is None:
+            session = self._session = requests.Session()
+            session.verify = self._verify
+            # Retries are ours (with backoff and a clear error); the client's adapter must not
+            # retry on its own, or a down server costs retries x its backoff before we see it.
+            self._client = PrometheusConnect(
+                url=self.url,
+                headers=self._headers,
+                auth=self._auth,
+                session=session,
+                timeout=self.timeout,
+                retry=Retry(total=0, connect=0, read=0, status=0, redirect=5, raise_on_status=False),
+            )
+        return self._client
+
+    def _get(self, path: str, *, fallback: str | None = None) -> None:
+        self.client  # builds the session
+        assert self._session is not None
+        resp = self._session.get(
+            self.url + path, headers=self._headers, auth=self._auth, timeout=self.timeout, verify=self._verify
+        )
+        if resp.status_code == 404 and fallback:
+            return self._get(fallback)
+        if not resp.ok:
+            raise _parse_error_body(resp.status_code, resp.content)
+
+    def _query_range(self, query: str, start: pd.Timestamp, end: pd.Timestamp, step_s: float) -> list[dict]:
+        try:
+            result = self.client.custom_query_range(
+                query, start.to_pydatetime(), end.to_pydatetime(), f"{step_s:g}"
+            )
+        except PrometheusApiClientException as exc:
+            raise _from_client_error(exc) from None
+        except (ValueError, KeyError, TypeError) as exc:  # 200 but not a Prometheus answer
+            raise SourceError(
+                f"{self.safe_url} answered query_range with something that is not a Prometheus "
+                f"API response ({exc.__class__.__name__})",
+                hint="check prometheus.url points at the Prometheus HTTP API root",
+            ) from exc
+        if not isinstance(result, list):
+            raise SourceError(f"{self.safe_url} returned a {type(result).__name__} result, expected a matrix")
+        return result
+
+    def _call(self, fn: Callable[[], T], watch: str | None, query: str | None) -> T:
+        """Run ``fn`` with retries on transient failures; map failures to SourceError."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except _TRANSIENT as exc:
+                last = f"{exc.__class__.__name__}"
+                if isinstance(exc, requests.exceptions.Timeout):
+                    last = f"timed out after {self.timeout:g}s"
+                elif isinstance(exc, requests.exceptions.SSLError):
+                    last = "TLS error (certificate not trusted?)"
+                elif isinstance(exc, requests.exceptions.ConnectionError):
+                    last = "connection failed"
+            except _HTTPStatus as exc:
+                if exc.status not in _RETRY_STATUS:
+                    raise self._map_status(exc, watch, query) from None
+                last = f"HTTP {exc.status}: {exc.message}"
+            if attempt < self.retries:
+                logger.warning(
+                    "Prometheus %s: %s; retry %d/%d in %.2gs", self.safe_url, last, attempt + 1, self.retries, delay
+                )
+                time.sleep(delay)
+                delay *= 2
+        raise SourceUnavailable(
+            f"Prometheus at {self.safe_url} unavailable: {last} (tried {self.retries + 1} times)",
+            watch=watch,
+            query=query,
+            hint="check prometheus.url, that the server is up and reachable, and prometheus.timeout",
+        )
+
+    def _map_status(self, exc: _HTTPStatus, watch: str | None, query: str | None) -> SourceError:
+        if exc.status in (401, 403):
+            return AuthError(
+                f"Prometheus at {self.safe_url} refused our credentials (HTTP {exc.status}): {exc.message}",
+                watch=watch,
+                query=query,
+                hint="set prometheus.bearer_token(_file) or prometheus.basic_auth (username and "
+                "password or password_file), and headers such as X-Scope-OrgID if the server needs them",
+            )
+        if exc.status in (400, 422) or exc.error_type in ("bad_data", "execution"):
+            return BadQuery(
+                f"Prometheus rejected the query: {exc.message}",
+                watch=watch,
+                query=query,
+                hint="fix the PromQL in watches[].query (try it in the Prometheus UI first)",
+            )
+        return SourceError(
+            f"Prometheus at {self.safe_url} failed the request (HTTP {exc.status}): {exc.message}",
+            watch=watch,
+            query=query,
+        )
+
+    def _fetch(
+        self, query: str, index: pd.DatetimeIndex, step: pd.Timedelta, watch: str | None, max_series: int | None
+    ) -> SeriesBatch:
+        step_s = step.total_seconds()
+        n = self.max_points_per_request
+        labels: dict[str, dict[str, str]] = {}
+        parts: list[pd.DataFrame] = []
+        n_inf = 0
+        chunks = range(0, len(index), n)
+        for i, lo in enumerate(chunks):
+            c_start, c_end = index[lo], index[min(lo + n, len(index)) - 1]
+            logger.debug("query_range %s chunk %d/%d [%s, %s]", self.safe_url, i + 1, len(chunks), c_start, c_end)
+            result = self._call(lambda: self._query_range(query, c_start, c_end, step_s), watch, query)
+            for item in result:
+                metric = {str(k): str(v) for k, v in (item.get("metric") or {}).items()}
+                sid = series_id(metric)
+                labels.setdefault(sid, metric)
+                values = item.get("values") or []
+                ts = np.fromiter((float(v[0]) for v in values), dtype="float64", count=len(values))
+                vals = np.fromiter((float(v[1]) for v in values), dtype="float64", count=len(values))
+                inf = np.isinf(vals)
+                if inf.any():
+                    n_inf += int(inf.sum())
+                    vals[inf] = np.nan
+                parts.append(
+                    pd.DataFrame({"series_id": sid, "ts": pd.to_datetime(ts, unit="s", utc=True), "value": vals})
+                )
+            if max_series is not None and len(labels) > max_series:
+                raise TooManySeries(
+                    f"query matched {len(labels)} series{' so far' if lo + n < len(index) else ''}, "
+                    f"more than the limit of {max_series}",
+                    count=len(labels),
+                    limit=max_series,
+                    watch=watch,
+                    query=query,
+                    hint="narrow the query with label matchers or aggregation, or raise watches[].max_series",
+                )
+        if not labels:
+            raise NoData(
+                f"query matched no series between {index[0]} and {index[-1]} on {self.safe_url}",
+                watch=watch,
+                query=query,
+                hint="check the metric name and label matchers, and that the range holds data",
+            )
+        if n_inf:
+            logger.warning("watch %s: %d infinite sample values treated as missing", watch or "-", n_inf)
+        frame = pd.concat(parts, ignore_index=True)
+        frame = align_to_grid(frame, index, step)
+        # align_to_grid emits only series that had rows; every label set gets a full grid
+        have = set(frame["series_id"].unique())
+        missing = [sid for sid in labels if sid not in have]
+        if missing:
+            frame = pd.concat(
+                [frame] + [pd.DataFrame({"series_id": s, "ts": index, "value": np.nan}) for s in missing],
+                ignore_index=True,
+            ).sort_values(["series_id", "ts"], ignore_index=True)
+        return SeriesBatch(frame=frame, labels=dict(sorted(labels.items())), step=step, watch=watch)
