@@ -1,0 +1,169 @@
+"""From long frames to regular per-series arrays, and seasonality detection.
+
+Every model works on :class:`Panel`: one float64 array per series on that series' own regular
+grid (missing steps are NaN), so series of different lengths, starts and gaps share one code
+path. Values are normalised per series with a robust location/scale (median, IQR).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from aiops.errors import InputError
+from aiops.types import SERIES_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+DAY = pd.Timedelta(days=1)
+WEEK = pd.Timedelta(days=7)
+
+
+@dataclass
+class Panel:
+    """Series on regular grids: ``values[i][k]`` is series ``ids[i]`` at ``starts[i] + k*step``."""
+
+    ids: list[str]
+    starts: list[pd.Timestamp]
+    step: pd.Timedelta
+    values: list[np.ndarray]
+    # row positions of the original frame rows in each grid (for detect output alignment)
+    positions: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def ends(self) -> list[pd.Timestamp]:
+        return [s + (len(v) - 1) * self.step for s, v in zip(self.starts, self.values)]
+
+
+def check_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Validate a long frame and return it sorted with UTC timestamps and float values."""
+    if not isinstance(frame, pd.DataFrame):
+        raise InputError(f"expected a DataFrame with columns {SERIES_COLUMNS}, got {type(frame).__name__}")
+    missing = [c for c in SERIES_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"frame lacks column(s) {', '.join(missing)}",
+            hint=f"a long frame has columns {', '.join(SERIES_COLUMNS)}",
+        )
+    if frame.empty:
+        raise InputError("frame has no rows", hint="fetch a longer history or check the query")
+    f = frame[list(SERIES_COLUMNS)].copy()
+    f["series_id"] = f["series_id"].astype(str)
+    ts = pd.to_datetime(f["ts"], utc=True)
+    f["ts"] = ts
+    try:
+        f["value"] = pd.to_numeric(f["value"], errors="raise").astype("float64")
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"frame has non-numeric values: {exc}") from None
+    f = f.sort_values(["series_id", "ts"], kind="stable").reset_index(drop=True)
+    dup = f.duplicated(["series_id", "ts"])
+    if dup.any():
+        row = f[dup].iloc[0]
+        raise InputError(
+            f"duplicate timestamp {row['ts']} in series {row['series_id']!r}",
+            hint="each series needs one value per timestamp",
+        )
+    return f
+
+
+def infer_step(frame: pd.DataFrame) -> pd.Timedelta:
+    """Median spacing of consecutive timestamps across all series."""
+    diffs = frame.groupby("series_id", sort=False)["ts"].diff().dropna()
+    diffs = diffs[diffs > pd.Timedelta(0)]
+    if diffs.empty:
+        raise InputError(
+            "cannot infer the sampling step from a single timestamp per series",
+            hint="pass step= explicitly or give at least two points per series",
+        )
+    return pd.Timedelta(diffs.median())
+
+
+def to_panel(frame: pd.DataFrame, step: pd.Timedelta | None = None) -> Panel:
+    """Put each series of a (checked) long frame on its own regular grid.
+
+    Samples snap to the nearest grid step from the series' first timestamp; when two land on
+    the same step the last wins. Steps without a sample are NaN.
+    """
+    step = pd.Timedelta(step) if step is not None else infer_step(frame)
+    if step <= pd.Timedelta(0):
+        raise InputError(f"step must be positive, got {step}")
+    ids, starts, values, positions = [], [], [], []
+    ns = step.value
+    for sid, g in frame.groupby("series_id", sort=True):
+        t = pd.DatetimeIndex(g["ts"]).as_unit("ns").asi8
+        t0 = t[0]
+        k = np.rint((t - t0) / ns).astype(np.int64)
+        arr = np.full(int(k[-1]) + 1, np.nan)
+        arr[k] = g["value"].to_numpy()
+        ids.append(str(sid))
+        starts.append(pd.Timestamp(t0, tz="UTC"))
+        values.append(arr)
+        positions.append(k)
+    return Panel(ids, starts, step, values, positions)
+
+
+def robust_scale(y: np.ndarray) -> tuple[float, float]:
+    """(median, scale) of the finite values; scale from IQR, MAD or std, never 0."""
+    f = y[np.isfinite(y)]
+    if f.size == 0:
+        return 0.0, 1.0
+    med = float(np.median(f))
+    q25, q75 = np.percentile(f, [25, 75])
+    s = float(q75 - q25) / 1.349
+    if s <= 1e-12:
+        s = float(np.std(f))
+    if s <= 1e-12:
+        s = max(abs(med) * 0.01, 1e-6)
+    return med, s
+
+
+def fill_gaps(y: np.ndarray) -> np.ndarray:
+    """Linear interpolation over NaN gaps; leading NaNs take the first value."""
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y)
+    if ok.all() or not ok.any():
+        return y.copy() if ok.any() else np.zeros_like(y)
+    idx = np.arange(len(y))
+    return np.interp(idx, idx[ok], y[ok])
+
+
+def season_candidates(step: pd.Timedelta) -> list[int]:
+    """Daily and weekly periods in steps, when they are whole numbers of at least 2 steps."""
+    out = []
+    for period in (DAY, WEEK):
+        m = period / step
+        if m >= 2 and abs(m - round(m)) < 1e-6:
+            out.append(int(round(m)))
+    return out
+
+
+def detect_season(y: np.ndarray, step: pd.Timedelta, *, min_acf: float = 0.3) -> int:
+    """The strongest of the daily/weekly periods by autocorrelation, or 1 when neither shows.
+
+    A period needs at least two full cycles of history and an autocorrelation at its lag of at
+    least ``min_acf`` that also beats half a period's lag (so a trend alone does not pass).
+    """
+    x = fill_gaps(y)
+    best, best_acf = 1, min_acf
+    for m in season_candidates(step):
+        if len(x) < 2 * m + 2:
+            continue
+        # detrend with a moving average over one period so slow drifts do not look seasonal
+        d = x - np.convolve(x, np.ones(m) / m, mode="same")
+        d = d[m // 2 : len(d) - m // 2]
+        if len(d) < m + 2:
+            continue
+        d = d - d.mean()
+        den = float(np.dot(d, d))
+        if den <= 1e-12:
+            continue
+        acf = float(np.dot(d[m:], d[:-m])) / den
+        half = float(np.dot(d[m // 2 :], d[: -(m // 2)])) / den if m >= 4 else -1.0
+        if acf > best_acf and acf > half + 0.1:
+            best, best_acf = m, acf
+    return best
