@@ -158,6 +158,14 @@ def check_config(config_file: str, show: bool) -> None:
         click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
+@cli.command("config-reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown) generated from the config models."""
+    from aiops.configref import reference
+
+    click.echo(reference(), nl=False)
+
+
 @cli.command("fetch")
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help="Config file (default: embedded demo).")
 @click.argument("watch_name")

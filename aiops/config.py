@@ -194,7 +194,7 @@ class FileSourceConfig(_Model):
 
 
 class SourceConfig(_Model):
-    kind: Literal["prometheus", "synthetic", "file"] = "prometheus"
+    kind: Literal["prometheus", "synthetic", "file"] = Field("prometheus", description="Which source answers the watches' queries.")
     synthetic: SyntheticSourceConfig = Field(default_factory=SyntheticSourceConfig)
     file: FileSourceConfig | None = None
 
@@ -334,13 +334,13 @@ class ServiceConfig(_Model):
 class AiopsConfig(_Model):
     """The whole configuration file."""
 
-    source: SourceConfig = Field(default_factory=SourceConfig)
-    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
-    grafana: GrafanaConfig = Field(default_factory=GrafanaConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    watches: list[WatchConfig] = Field(default_factory=list)
-    explain: ExplainConfig = Field(default_factory=ExplainConfig)
-    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig, description="Where watches read series: prometheus, synthetic or file.")
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig, description="Connection to Prometheus or a compatible query API.")
+    grafana: GrafanaConfig = Field(default_factory=GrafanaConfig, description="Dashboards and annotations output.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Database for events, explanations, inbox, models.")
+    watches: list[WatchConfig] = Field(default_factory=list, description="The queries aiops forecasts and watches.")
+    explain: ExplainConfig = Field(default_factory=ExplainConfig, description="Evidence, root-cause ranking and the LLM backend.")
+    service: ServiceConfig = Field(default_factory=ServiceConfig, description="The HTTP API, webhook and read API.")
     output_dir: str = Field("aiops-output", description="Where reports and files are written.")
 
     @model_validator(mode="after")

@@ -102,3 +102,10 @@ def test_check_config_cli_exit_codes(tmp_path):
     res = runner.invoke(cli, ["check-config", str(bad)])
     assert res.exit_code == 2
     assert "watches[1].history: invalid duration 'fortnight'" in res.output
+
+
+def test_configuration_reference_is_current():
+    from aiops.configref import reference
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert doc == reference(), "docs/configuration.md is stale: run `aiops config-reference > docs/configuration.md`"
