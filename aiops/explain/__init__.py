@@ -1,0 +1,1 @@
+"""Explanations: evidence, root-cause candidates, knowledge base and LLM narration."""
