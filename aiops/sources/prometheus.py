@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -134,8 +134,9 @@ class PrometheusSource:
             self._headers["Authorization"] = f"Bearer {bearer_token}"
         self._auth = tuple(basic_auth) if basic_auth else None
         self._verify: bool | str = ca_file if (verify_tls and ca_file) else bool(verify_tls)
+        self._session = requests.Session()  # no connection is opened until the first request
+        self._session.verify = self._verify
         self._client: PrometheusConnect | None = None
-        self._session: requests.Session | None = None
 
     @classmethod
     def from_config(cls, cfg: "PrometheusConfig") -> "PrometheusSource":
@@ -199,32 +200,27 @@ class PrometheusSource:
         self._call(lambda: self._get("/api/v1/status/buildinfo", fallback="/-/ready"), None, None)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = self._session = None
+        """Release pooled connections; the source still works afterwards."""
+        self._session.close()
 
     # -- internals ----------------------------------------------------------------------
 
     @property
     def client(self) -> PrometheusConnect:
         if self._client is None:
-            session = self._session = requests.Session()
-            session.verify = self._verify
             # Retries are ours (with backoff and a clear error); the client's adapter must not
             # retry on its own, or a down server costs retries x its backoff before we see it.
             self._client = PrometheusConnect(
                 url=self.url,
                 headers=self._headers,
                 auth=self._auth,
-                session=session,
+                session=self._session,
                 timeout=self.timeout,
-                retry=Retry(total=0, connect=0, read=0, status=0, redirect=5, raise_on_status=False),
+                retry=Retry(0, read=False),  # requests' own default: no retries, timeouts stay Timeout
             )
         return self._client
 
     def _get(self, path: str, *, fallback: str | None = None) -> None:
-        self.client  # builds the session
-        assert self._session is not None
         resp = self._session.get(
             self.url + path, headers=self._headers, auth=self._auth, timeout=self.timeout, verify=self._verify
         )
