@@ -3,9 +3,13 @@ for what a real server cannot show (headers received, 503s, slow answers)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import shutil
+import ssl
+import subprocess
 import threading
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -202,8 +206,9 @@ class _Double:
         self.delay = 0.0
 
 
-@pytest.fixture
-def double():
+@contextlib.contextmanager
+def serve_double(certfile: str | None = None):
+    """A loopback Prometheus double answering query_range with ``up{job="x"} = 1``."""
     state = _Double()
 
     class Handler(BaseHTTPRequestHandler):
@@ -239,12 +244,26 @@ def double():
             pass
 
     server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    scheme = "http"
+    if certfile:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certfile)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    state.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def double():
+    with serve_double() as state:
+        yield state
 
 
 def test_bearer_token_and_extra_headers_on_every_request(double, caplog):
@@ -276,3 +295,26 @@ def test_timeout_is_retried_then_source_unavailable(double):
     with pytest.raises(SourceUnavailable) as ei:
         src.fetch("up", ts(0), ts(60), STEP, watch="slow")
     assert "timed out" in str(ei.value) and len(double.requests) == 2
+
+
+def test_tls_verification_with_ca_file(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not found; apt-get install -y openssl")
+    pem = tmp_path / "server.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(pem), "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True,
+    )
+    cert = (tmp_path / "cert.pem").read_text()
+    pem.write_text(pem.read_text() + cert)  # key + certificate for the server
+    with serve_double(str(pem)) as d:
+        untrusted = PrometheusSource(d.url, retries=0)
+        with pytest.raises(SourceUnavailable) as ei:
+            untrusted.fetch("up", ts(0), ts(60), STEP)
+        assert "TLS" in str(ei.value)
+        cfg = PrometheusConfig(url=d.url, ca_file=str(tmp_path / "cert.pem"))
+        assert len(PrometheusSource.from_config(cfg).fetch("up", ts(0), ts(60), STEP).frame) == 5
+        with pytest.warns(Warning):  # urllib3 warns about unverified HTTPS
+            insecure = PrometheusSource(d.url, verify_tls=False)
+            assert len(insecure.fetch("up", ts(0), ts(60), STEP).frame) == 5
