@@ -1,0 +1,59 @@
+"""The Flask application factory. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import pandas as pd
+from flask import Flask, Response, jsonify, request
+
+from aiops.config import AiopsConfig
+from aiops.outputs import DEFAULT_LOOKBACK
+from aiops.store import Store
+
+logger = logging.getLogger(__name__)
+
+READ_PREFIXES = ("/prometheus", "/metrics")
+
+
+def create_app(config: AiopsConfig, store: Store | None = None, *, lookback: pd.Timedelta = DEFAULT_LOOKBACK) -> Flask:
+    """Build the service app.
+
+    Args:
+        config: the validated configuration (``service`` and ``store`` sections are used).
+        store: an open store; default: open ``config.store.url``.
+        lookback: how far back the read API looks for a sample at each evaluation time.
+
+    Routes: ``/prometheus/api/v1/*`` (Prometheus-compatible read API), ``/metrics``.
+    """
+    from aiops.service.metrics import create_metrics_view
+    from aiops.service.promapi import create_blueprint
+
+    app = Flask("aiops")
+    app.config["MAX_CONTENT_LENGTH"] = config.service.max_body_bytes
+    app.extensions["aiops"] = {
+        "config": config,
+        "store": store if store is not None else Store.open(config.store.url),
+        "lookback": lookback,
+    }
+    app.register_blueprint(create_blueprint(), url_prefix="/prometheus")
+    app.add_url_rule("/metrics", "metrics", create_metrics_view(app.extensions["aiops"]["store"]))
+
+    token = config.service.token.get_secret_value() if config.service.token else None
+    if token and config.service.read_token_required:
+
+        @app.before_request
+        def _require_read_token():
+            if request.path.startswith(READ_PREFIXES):
+                given = request.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    resp: Response = jsonify(
+                        {"status": "error", "errorType": "unauthorized", "error": "missing or wrong bearer token"}
+                    )
+                    resp.status_code = 401
+                    resp.headers["WWW-Authenticate"] = "Bearer"
+                    return resp
+            return None
+
+    return app
