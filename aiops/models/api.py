@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from aiops.errors import InputError
-from aiops.models.calibrate import causal_scores
+from aiops.models.calibrate import band_score, causal_scores
 from aiops.models.data import Panel, check_frame, to_panel
 from aiops.models.registry import detect_kind, get_model
 from aiops.timeutil import parse_duration
@@ -97,7 +97,7 @@ def detect_frame(
     Returns ``series_id, ts, value, anomaly_score, yhat, yhat_lower, yhat_upper``, one row per
     input row, in input order of series then time.
     """
-    f = check_frame(frame)
+    f = check_frame(frame, duplicates="keep")
     panel = to_panel(f, _step(step))
     longest = max(len(v) for v in panel.values)
     if refit_every is None:
@@ -131,7 +131,7 @@ def detect_frame(
             bar.update(1)
     bar.close()
     parts = []
-    window = int((params or {}).get("calib_window", 1000))
+    window = int((params or {}).get("calib_window", 2000))
     for i, sid in enumerate(panel.ids):
         s = causal_scores(panel.values[i], preds[i], level, window=window)
         pos = panel.positions[i]
@@ -142,8 +142,16 @@ def detect_frame(
             **{c: s[c][pos] for c in SCORE_COLUMNS[3:]},
         }))
     out = pd.concat(parts, ignore_index=True)
-    # report the input timestamps exactly (grid snapping may round off-grid samples)
+    # report each input row as given: its own timestamp and value (grid snapping may round
+    # off-grid samples, and rows repeating a timestamp share that step's band)
     out["ts"] = f["ts"].to_numpy()
+    own = f["value"].to_numpy()
+    differs = ~((own == out["value"].to_numpy()) | (np.isnan(own) & out["value"].isna().to_numpy()))
+    if differs.any():
+        out.loc[differs, "value"] = own[differs]
+        out.loc[differs, "anomaly_score"] = band_score(
+            own[differs], out["yhat"][differs], out["yhat_lower"][differs], out["yhat_upper"][differs]
+        )
     return out[list(SCORE_COLUMNS)]
 
 

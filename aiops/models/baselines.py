@@ -51,7 +51,7 @@ class SeasonalNaive(BaseForecaster):
 
     NAME = "seasonal_naive"
     MIN_HISTORY = 2
-    DEFAULTS = {"season": 0, "calib_window": 1000}
+    DEFAULTS = {"season": 0, "calib_window": 2000}
 
     def _season(self, y: np.ndarray) -> int:
         m = int(self.params["season"])
@@ -127,7 +127,7 @@ class RobustSeasonal(BaseForecaster):
 
     NAME = "robust"
     MIN_HISTORY = 3
-    DEFAULTS = {"season": 0, "seasons": 4, "trend": "auto", "calib_window": 1000}
+    DEFAULTS = {"season": 0, "seasons": 4, "trend": "auto", "calib_window": 2000}
 
     def _fit(self, panel: Panel) -> None:
         self.series_ = {}

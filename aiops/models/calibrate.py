@@ -49,16 +49,89 @@ def ew_scale(r: np.ndarray, *, halflife: float = 48.0, clip: float = 6.0) -> np.
     return np.asarray(outl)
 
 
+def tail_probability(
+    a: np.ndarray,
+    *,
+    window: int = 2000,
+    every: int = 32,
+    tail: float = 0.03,
+    shape: float = 0.5,
+    min_beta: float = 0.25,
+    min_n: int = MIN_RESIDUALS,
+) -> np.ndarray:
+    """Causal probability of a value at least ``a[t]`` among the earlier values (NaN ignored).
+
+    Empirical within the bulk of the past distribution; beyond its ``1 - tail`` quantile an
+    exponential tail fitted to the exceedances (peaks over threshold) takes over, so values
+    larger than anything seen still get ever smaller probabilities. The reference set is
+    refreshed every ``every`` steps from the last ``window`` values before it.
+    """
+    n = len(a)
+    p = np.full(n, np.nan)
+    for c in range(0, n, every):
+        past = a[max(0, c - window) : c]
+        past = np.sort(past[np.isfinite(past)])
+        m = past.size
+        if m < min_n:
+            continue
+        seg = a[c : c + every]
+        ge = m - np.searchsorted(past, seg, side="left")
+        pe = (ge + 1.0) / (m + 1.0)
+        k = max(int(np.ceil(tail * m)), 2)
+        u = past[m - k]
+        exc = past[m - k :] - u
+        beta = max(float(exc.mean()), min_beta, 1e-9)
+        # generalised Pareto tail with a fixed shape: heavier than exponential, so one huge
+        # residual on a very quiet series does not reach absurd improbabilities
+        pt = (k / (m + 1.0)) * (1.0 + shape * np.maximum(seg - u, 0.0) / beta) ** (-1.0 / shape)
+        p[c : c + every] = np.where(seg > u, np.minimum(pe, pt), pe)
+    return p
+
+
+SMOOTH = 6
+EXTRA_OFFSET = 2.0
+
+
+def _surprise(p: np.ndarray, level: float) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.log(np.clip(p, 1e-300, 1.0)) / np.log(1.0 - level)
+    return np.where(np.isfinite(s), np.maximum(s, 0.0), 0.0)
+
+
+def causal_spread(y: np.ndarray, every: int = 64) -> np.ndarray:
+    """Robust spread (IQR / 1.349) of the values before each step; tiny but positive when flat."""
+    n = len(y)
+    out = np.empty(n)
+    last = 0.0
+    for c in range(0, n, every):
+        past = y[:c]
+        past = past[np.isfinite(past)]
+        if past.size >= 4:
+            q25, q75 = np.percentile(past, [25, 75])
+            med = float(np.median(np.abs(past)))
+            last = max(float(q75 - q25) / 1.349, 1e-6 * (1.0 + med))
+        out[c : c + every] = last if last > 0 else 1e-9
+    return out
+
+
 def causal_scores(
     y: np.ndarray,
     pred: np.ndarray,
     level: float,
     *,
-    window: int = 1000,
-    halflife: float = 48.0,
-    floor: float | None = None,
+    window: int = 2000,
+    halflife: float = 288.0,
+    floor: float | np.ndarray | None = None,
+    floor_frac: float = 0.02,
+    shape: float = 0.5,
+    extra: bool = False,
 ) -> dict[str, np.ndarray]:
     """Band and anomaly score for every step of ``y`` given causal predictions ``pred``.
+
+    The residual is divided by a causal robust scale (:func:`ew_scale`); the score is
+    ``log p / log(1 - level)`` with ``p`` the causal tail probability of that ratio's size
+    (:func:`tail_probability`), so 1.0 is the conformal band edge and the score grows with
+    the surprise beyond it in a way comparable across series.
 
     Returns arrays ``anomaly_score`` (0 where not yet calibrated), ``yhat``, ``yhat_lower``,
     ``yhat_upper`` (NaN where not yet calibrated), all of ``len(y)``.
@@ -67,26 +140,25 @@ def causal_scores(
     pred = np.asarray(pred, dtype=np.float64)
     r = y - pred
     scale = ew_scale(r, halflife=halflife)
-    fin = y[np.isfinite(y)]
     if floor is None:
-        spread = float(np.median(np.abs(fin - np.median(fin)))) if fin.size else 0.0
-        floor = max(1e-3 * spread, 1e-9 * (1.0 + float(np.median(np.abs(fin))) if fin.size else 1e-9), 1e-12)
+        floor = floor_frac * causal_spread(y)
     scale = np.where(np.isfinite(scale), np.maximum(scale, floor), np.nan)
-    z = r / scale
-    zs = pd.Series(z)
-    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
-    roll = zs.rolling(window, min_periods=MIN_RESIDUALS)
-    q_hi = roll.quantile(hi_q).shift(1).to_numpy()
-    q_lo = roll.quantile(lo_q).shift(1).to_numpy()
-    # a band never thinner than a small fraction of the scale on either side
-    q_hi = np.maximum(q_hi, 0.05)
-    q_lo = np.minimum(q_lo, -0.05)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where(z >= 0, z / q_hi, z / q_lo)
-    score = np.where(np.isfinite(score), np.maximum(score, 0.0), 0.0)
-    lower = pred + q_lo * scale
-    upper = pred + q_hi * scale
-    return {"anomaly_score": score, "yhat": pred, "yhat_lower": lower, "yhat_upper": upper}
+    z = np.abs(r) / scale
+    score = _surprise(tail_probability(z, window=window, shape=shape), level)
+    if extra:
+        # Two slower views of the same residuals raise the score only far past the band edge
+        # (by ``EXTRA_OFFSET`` levels of surprise), so they add early warnings for level
+        # shifts and never-seen values without changing the calibration near 1.0.
+        zs = np.abs(pd.Series(r / scale).rolling(SMOOTH, min_periods=1).mean().to_numpy()) * np.sqrt(SMOOTH)
+        ys = pd.Series(y)
+        med = ys.shift(1).rolling(window, min_periods=MIN_RESIDUALS).median().to_numpy()
+        zv = np.abs(y - med) / causal_spread(y)
+        for a in (zs, zv):
+            score = np.maximum(score, _surprise(tail_probability(a, window=window, shape=shape), level) - EXTRA_OFFSET)
+    # band half-width: the conformal ``level`` quantile of past |z|, in the series' units
+    q = pd.Series(z).rolling(window, min_periods=MIN_RESIDUALS).quantile(level).shift(1).to_numpy()
+    q = np.maximum(q, 1e-6)
+    return {"anomaly_score": score, "yhat": pred, "yhat_lower": pred - q * scale, "yhat_upper": pred + q * scale}
 
 
 def conformal_factor(residuals: np.ndarray, half_widths: np.ndarray, level: float) -> float:
@@ -102,3 +174,11 @@ def conformal_factor(residuals: np.ndarray, half_widths: np.ndarray, level: floa
     n = ratio.size
     q = min(1.0, np.ceil((n + 1) * level) / n)
     return float(np.quantile(ratio, q))
+
+
+def band_score(value, yhat, lower, upper) -> np.ndarray:
+    """Score of values against a band: 0 at ``yhat``, 1 at the edge, 0 where the band is unknown."""
+    v, f, lo, hi = (np.asarray(a, dtype=np.float64) for a in (value, yhat, lower, upper))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(v >= f, (v - f) / (hi - f), (f - v) / (f - lo))
+    return np.where(np.isfinite(s), np.maximum(s, 0.0), 0.0)

@@ -40,8 +40,12 @@ class Panel:
         return [s + (len(v) - 1) * self.step for s, v in zip(self.starts, self.values)]
 
 
-def check_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Validate a long frame and return it sorted with UTC timestamps and float values."""
+def check_frame(frame: pd.DataFrame, *, duplicates: str = "error") -> pd.DataFrame:
+    """Validate a long frame and return it sorted with UTC timestamps and float values.
+
+    ``duplicates="error"`` rejects repeated (series_id, ts) pairs; ``"keep"`` keeps them (the
+    last one then stands for that step when put on a grid).
+    """
     if not isinstance(frame, pd.DataFrame):
         raise InputError(f"expected a DataFrame with columns {SERIES_COLUMNS}, got {type(frame).__name__}")
     missing = [c for c in SERIES_COLUMNS if c not in frame.columns]
@@ -62,7 +66,9 @@ def check_frame(frame: pd.DataFrame) -> pd.DataFrame:
         raise InputError(f"frame has non-numeric values: {exc}") from None
     f = f.sort_values(["series_id", "ts"], kind="stable").reset_index(drop=True)
     dup = f.duplicated(["series_id", "ts"])
-    if dup.any():
+    if dup.any() and duplicates == "keep":
+        logger.info("%d rows repeat an earlier timestamp of their series", int(dup.sum()))
+    elif dup.any():
         row = f[dup].iloc[0]
         raise InputError(
             f"duplicate timestamp {row['ts']} in series {row['series_id']!r}",
