@@ -123,6 +123,14 @@ def rule_passages(path: Path, source: str) -> list[Passage]:
     return out
 
 
+def _bm25s():
+    import bm25s
+
+    # bm25s sets its logger to DEBUG at import; hand the level back to the app's logging setup.
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
+
+
 class KnowledgeBase:
     """BM25 search over passages. Build with :meth:`build`, keep with :meth:`save`/:meth:`load`."""
 
@@ -158,9 +166,7 @@ class KnowledgeBase:
         return cls(passages)._index()
 
     def _index(self) -> "KnowledgeBase":
-        import bm25s
-
-        retriever = bm25s.BM25()
+        retriever = _bm25s().BM25()
         retriever.index([tokenize(f"{p.title}\n{p.text}") or ["_empty_"] for p in self.passages], show_progress=False)
         self._retriever = retriever
         return self
@@ -196,8 +202,6 @@ class KnowledgeBase:
         Raises:
             ExplainError: no index there, or one from another aiops version.
         """
-        import bm25s
-
         root = Path(index_dir)
         try:
             meta = json.loads((root / "passages.json").read_text())
@@ -208,7 +212,7 @@ class KnowledgeBase:
         if meta.get("format") != INDEX_FORMAT:
             raise ExplainError(f"the index in {root} has format {meta.get('format')}, expected {INDEX_FORMAT}",
                                hint="rebuild it with aiops kb index")
-        retriever = bm25s.BM25.load(str(root / "bm25"), show_progress=False)
+        retriever = _bm25s().BM25.load(str(root / "bm25"), show_progress=False)
         return cls([Passage(**p) for p in meta["passages"]], retriever)
 
 
