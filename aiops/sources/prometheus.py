@@ -305,8 +305,9 @@ class PrometheusSource:
         step_s = step.total_seconds()
         n = self.max_points_per_request
         labels: dict[str, dict[str, str]] = {}
-        parts: list[pd.DataFrame] = []
-        n_inf = 0
+        sids: list[str] = []
+        ts_parts: list[np.ndarray] = []
+        val_parts: list[np.ndarray] = []
         chunks = range(0, len(index), n)
         for i, lo in enumerate(chunks):
             c_start, c_end = index[lo], index[min(lo + n, len(index)) - 1]
@@ -317,15 +318,12 @@ class PrometheusSource:
                 sid = series_id(metric)
                 labels.setdefault(sid, metric)
                 values = item.get("values") or []
-                ts = np.fromiter((float(v[0]) for v in values), dtype="float64", count=len(values))
-                vals = np.fromiter((float(v[1]) for v in values), dtype="float64", count=len(values))
-                inf = np.isinf(vals)
-                if inf.any():
-                    n_inf += int(inf.sum())
-                    vals[inf] = np.nan
-                parts.append(
-                    pd.DataFrame({"series_id": sid, "ts": pd.to_datetime(ts, unit="s", utc=True), "value": vals})
+                sids.append(sid)
+                # Prometheus timestamps have millisecond resolution: keep them as exact integers
+                ts_parts.append(
+                    np.round(np.fromiter((v[0] for v in values), "float64", len(values)) * 1e3).astype("int64")
                 )
+                val_parts.append(np.fromiter((float(v[1]) for v in values), "float64", len(values)))
             if max_series is not None and len(labels) > max_series:
                 raise TooManySeries(
                     f"query matched {len(labels)} series{' so far' if lo + n < len(index) else ''}, "
@@ -343,16 +341,49 @@ class PrometheusSource:
                 query=query,
                 hint="check the metric name and label matchers, and that the range holds data",
             )
-        if n_inf:
-            logger.warning("watch %s: %d infinite sample values treated as missing", watch or "-", n_inf)
-        frame = pd.concat(parts, ignore_index=True)
-        frame = align_to_grid(frame, index, step)
-        # align_to_grid emits only series that had rows; every label set gets a full grid
-        have = set(frame["series_id"].unique())
-        missing = [sid for sid in labels if sid not in have]
-        if missing:
-            frame = pd.concat(
-                [frame] + [pd.DataFrame({"series_id": s, "ts": index, "value": np.nan}) for s in missing],
-                ignore_index=True,
-            ).sort_values(["series_id", "ts"], ignore_index=True)
-        return SeriesBatch(frame=frame, labels=dict(sorted(labels.items())), step=step, watch=watch)
+        ts_ms = np.concatenate(ts_parts)
+        vals = np.concatenate(val_parts)
+        inf = np.isinf(vals)
+        if inf.any():
+            logger.warning("watch %s: %d infinite sample values treated as missing", watch or "-", int(inf.sum()))
+            vals[inf] = np.nan
+        labels = dict(sorted(labels.items()))
+        frame = _on_grid(list(labels), sids, [len(t) for t in ts_parts], ts_ms, vals, index, step)
+        return SeriesBatch(frame=frame, labels=labels, step=step, watch=watch)
+
+
+def _on_grid(
+    order: list[str], sids: list[str], lengths: list[int], ts_ms: np.ndarray, vals: np.ndarray,
+    index: pd.DatetimeIndex, step: pd.Timedelta,
+) -> pd.DataFrame:
+    """Long frame with every series in ``order`` on every point of ``index`` (NaN if missing).
+
+    ``sids[i]`` names the ``lengths[i]`` samples of the i-th result item in ``ts_ms``/``vals``.
+
+    Prometheus evaluates a range query exactly at ``start + k * step``, so samples normally
+    land on grid points and are placed directly; anything off the grid (a fractional step
+    rounded by the client) goes through :func:`align_to_grid`.
+    """
+    grid_ms = index.asi8 // 1_000_000
+    step_ms = int(step.value // 1_000_000)
+    off = ts_ms - grid_ms[0]
+    pos = off // step_ms
+    if len(ts_ms) and not ((off % step_ms == 0).all() and (pos >= 0).all() and (pos < len(index)).all()):
+        ts = pd.DatetimeIndex(ts_ms.astype("datetime64[ms]").astype("datetime64[ns]")).tz_localize("UTC")
+        per_sample = np.repeat(np.array(sids, dtype=object), lengths)
+        frame = align_to_grid(pd.DataFrame({"series_id": per_sample, "ts": ts, "value": vals}), index, step)
+        full = pd.MultiIndex.from_product([order, index], names=["series_id", "ts"])
+        frame = frame.set_index(["series_id", "ts"]).reindex(full).reset_index()
+        return frame[["series_id", "ts", "value"]]
+    row = {sid: i for i, sid in enumerate(order)}
+    matrix = np.full((len(order), len(index)), np.nan)
+    # chunks arrive in time order, so a later sample for the same point wins (there are none
+    # in practice: chunks do not overlap)
+    matrix[np.repeat(np.array([row[s] for s in sids], dtype="int64"), lengths), pos] = vals
+    return pd.DataFrame(
+        {
+            "series_id": np.repeat(np.array(order, dtype=object), len(index)),
+            "ts": pd.DatetimeIndex(np.tile(index.asi8, len(order)).view("datetime64[ns]")).tz_localize("UTC"),
+            "value": matrix.ravel(),
+        }
+    )

@@ -318,3 +318,25 @@ def test_tls_verification_with_ca_file(tmp_path):
         with pytest.warns(Warning):  # urllib3 warns about unverified HTTPS
             insecure = PrometheusSource(d.url, verify_tls=False)
             assert len(insecure.fetch("up", ts(0), ts(60), STEP).frame) == 5
+
+
+def test_off_grid_samples_are_aligned_to_the_nearest_step(double):
+    # the client rounds start/end to whole seconds, so a 1.5 s step starting at 1.5 s is
+    # evaluated at 2, 3.5, 5: each goes to its nearest grid point, the last point has none
+    batch = PrometheusSource(double.url).fetch("up", ts(1), ts(6), pd.Timedelta("1.5s"))
+    frame = batch.frame
+    assert list(frame["ts"]) == list(pd.to_datetime([1.5, 3, 4.5, 6], unit="s", utc=True))
+    assert frame["value"].iloc[:3].eq(1).all() and np.isnan(frame["value"].iloc[3])
+    assert list(batch.labels) == ['up{job="x"}']
+
+
+@pytest.mark.prometheus
+def test_series_seen_in_only_one_chunk_still_span_the_whole_range(prometheus):
+    start, end = prometheus.end - 2 * 86400, prometheus.end
+    src = PrometheusSource(prometheus.url, max_points_per_request=5000)
+    batch = src.fetch('aiops_test_long{instance="a"} or aiops_test_many{idx="007"}', ts(start), ts(end), STEP)
+    wide = batch.wide()
+    assert wide.shape == (2 * 86400 // 15 + 1, 2)
+    many = wide[series_id({"__name__": "aiops_test_many", "job": "many", "idx": "007"})]
+    assert many.notna().sum() == 241 and many[ts(end - 3600):].notna().all()
+    assert many[: ts(end - 3600 - 15)].isna().all()
