@@ -326,6 +326,13 @@ class ServiceConfig(_Model):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_alerts_per_request: int = Field(1000, ge=1)
     json_logs: bool = False
+    forward_url: str | None = Field(
+        None, description='Webhook each alert explanation is POSTed to as Slack-style {"text": ...}.'
+    )
+    workers: int = Field(2, ge=0, le=64, description="Inbox worker threads in `aiops serve` (0 = none).")
+    max_attempts: int = Field(5, ge=1, le=100, description="Explain attempts before an alert is dead-lettered.")
+    retry_backoff: Duration = Field(Duration("5s"), description="First retry delay; doubles each attempt.")
+    lease: Duration = Field(Duration("60s"), description="How long a worker's claim or the scheduler lead lasts.")
 
     @model_validator(mode="after")
     def _token(self) -> "ServiceConfig":

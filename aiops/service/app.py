@@ -39,6 +39,9 @@ def create_app(config: AiopsConfig, store: Store | None = None, *, lookback: pd.
     }
     app.register_blueprint(create_blueprint(), url_prefix="/prometheus")
     app.add_url_rule("/metrics", "metrics", create_metrics_view(app.extensions["aiops"]["store"]))
+    from aiops.service.webhook import create_webhook_blueprint
+
+    app.register_blueprint(create_webhook_blueprint())  # /api/v1/alertmanager, /api/v1/dead-letters
 
     token = config.service.token.get_secret_value() if config.service.token else None
     if token and config.service.read_token_required:
