@@ -232,7 +232,7 @@ class PrometheusSource:
     def _query_range(self, query: str, start: pd.Timestamp, end: pd.Timestamp, step_s: float) -> list[dict]:
         try:
             result = self.client.custom_query_range(
-                query, start.to_pydatetime(), end.to_pydatetime(), f"{step_s:g}"
+                query, start.to_pydatetime(), end.to_pydatetime(), f"{step_s:.3f}".rstrip("0").rstrip(".")
             )
         except PrometheusApiClientException as exc:
             raise _from_client_error(exc) from None

@@ -340,3 +340,37 @@ def test_series_seen_in_only_one_chunk_still_span_the_whole_range(prometheus):
     many = wide[series_id({"__name__": "aiops_test_many", "job": "many", "idx": "007"})]
     assert many.notna().sum() == 241 and many[ts(end - 3600):].notna().all()
     assert many[: ts(end - 3600 - 15)].isna().all()
+
+
+@pytest.mark.prometheus
+def test_aiops_fetch_command_reads_a_password_protected_prometheus(prometheus_auth, tmp_path):
+    from click.testing import CliRunner
+
+    from aiops.cli import cli
+
+    srv = prometheus_auth.server
+    (tmp_path / "pw").write_text(srv.password + "\n")
+    (tmp_path / "aiops.yaml").write_text(
+        f"""
+source: {{kind: prometheus}}
+prometheus:
+  url: {srv.url}
+  basic_auth: {{username: {srv.username}, password_file: {tmp_path / "pw"}}}
+  retries: 0
+watches:
+  - {{name: auth, query: 'aiops_test_auth{{job="auth"}}', step: 1m, history: 1h}}
+  - {{name: broken, query: 'rate(aiops_test_auth[5m]', step: 1m, history: 1h}}
+"""
+    )
+    runner = CliRunner()
+    end = str(prometheus_auth.end)
+    res = runner.invoke(cli, ["fetch", "-c", str(tmp_path / "aiops.yaml"), "auth", "--end", end, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc[0]["labels"] == {"__name__": "aiops_test_auth", "job": "auth"}
+    assert doc[0]["points"] == 61 and doc[0]["missing"] == 0
+
+    res = runner.invoke(cli, ["fetch", "-c", str(tmp_path / "aiops.yaml"), "broken", "--end", end])
+    assert res.exit_code == 2
+    assert "watch 'broken'" in res.output and "parse error" in res.output and "Traceback" not in res.output
+    assert srv.password not in res.output
