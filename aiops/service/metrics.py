@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import pandas as pd
 import sqlalchemy as sa
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, exposition, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,6 +31,8 @@ from aiops.store import Store, job_runs
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGE = pd.Timedelta("1d")
+# Text format 0.0.4: what every Prometheus 2.x understands (prometheus_client >= 0.22 defaults to 1.0.0).
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 
 class AiopsCollector:
@@ -115,6 +117,6 @@ def create_metrics_view(store: Store, **kwargs) -> Callable:
     registry = build_registry(store, **kwargs)
 
     def metrics_view():
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE)
 
     return metrics_view
