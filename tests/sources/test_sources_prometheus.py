@@ -374,3 +374,14 @@ watches:
     assert res.exit_code == 2
     assert "watch 'broken'" in res.output and "parse error" in res.output and "Traceback" not in res.output
     assert srv.password not in res.output
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_prometheus_fails_in_ci_and_skips_elsewhere(monkeypatch, tmp_path, ci):
+    from tests.fixtures.prom import prometheus_binary
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(expected, match="apt-get install -y prometheus"):
+        prometheus_binary("promtool")
