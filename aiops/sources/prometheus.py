@@ -260,6 +260,9 @@ class PrometheusSource:
                     last = "TLS error (certificate not trusted?)"
                 elif isinstance(exc, requests.exceptions.ConnectionError):
                     last = "connection failed"
+            except SourceError as exc:  # raised below us without knowing the request
+                exc.watch, exc.query = exc.watch or watch, exc.query or query
+                raise
             except _HTTPStatus as exc:
                 if exc.status not in _RETRY_STATUS:
                     raise self._map_status(exc, watch, query) from None

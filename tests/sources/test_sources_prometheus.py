@@ -204,6 +204,7 @@ class _Double:
         self.requests: list[tuple[str, Message]] = []
         self.fail_first = 0  # answer 503 this many times
         self.delay = 0.0
+        self.html = False  # answer like a web page, not an API
 
 
 @contextlib.contextmanager
@@ -222,6 +223,12 @@ def serve_double(certfile: str | None = None):
             if state.fail_first > 0:
                 state.fail_first -= 1
                 return self._send(503, {"status": "error", "errorType": "timeout", "error": "query timed out"})
+            if state.html:
+                body = b"<html>login</html>"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                return self.wfile.write(body)
             url = urlsplit(self.path)
             if url.path == "/api/v1/status/buildinfo":
                 return self._send(200, {"status": "success", "data": {"version": "2.42.0"}})
@@ -385,3 +392,13 @@ def test_missing_prometheus_fails_in_ci_and_skips_elsewhere(monkeypatch, tmp_pat
     expected = pytest.fail.Exception if ci else pytest.skip.Exception
     with pytest.raises(expected, match="apt-get install -y prometheus"):
         prometheus_binary("promtool")
+
+
+def test_an_answer_that_is_not_prometheus_is_a_clear_source_error(double):
+    from aiops.errors import SourceError
+
+    double.html = True
+    src = PrometheusSource(double.url)
+    with pytest.raises(SourceError) as ei:
+        src.fetch("up", ts(0), ts(60), STEP, watch="w")
+    assert "not a Prometheus API response" in str(ei.value) and ei.value.watch == "w"
