@@ -60,3 +60,13 @@ def create_app(config: AiopsConfig, store: Store | None = None, *, lookback: pd.
             return None
 
     return app
+
+
+def app_from_config_file(path: str | None = None) -> Flask:
+    """For WSGI servers: ``gunicorn 'aiops.service.app:app_from_config_file("/etc/aiops/aiops.yaml")'``.
+
+    The file is loaded like the CLI loads it (YAML < ``AIOPS_...`` environment).
+    """
+    from aiops.config import load_config
+
+    return create_app(load_config(path))
