@@ -18,7 +18,6 @@ from aiops.grafana.dashboards import (
     load_schema,
     provision,
     stamped_hash,
-    watch_dashboard,
 )
 from tests.fixtures.grafana_double import FULL_DASHBOARD
 
