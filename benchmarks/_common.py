@@ -34,6 +34,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        # other work on the machine skews absolute times; ratios from one run hold better
+        "load_avg_1m_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     for mod in ("numpy", "pandas", "torch", "statsforecast"):
         try:

@@ -61,7 +61,9 @@ def aiops_detector(level: float, model: str) -> Detector | None:
     def run(frame: pd.DataFrame) -> np.ndarray:
         long = pd.DataFrame({"series_id": "nab_value", "ts": frame["ts"], "value": frame["value"]})
         out = detect_frame(long, level=level, model=model, seed=0)
-        out = out.sort_values("ts")[["ts", "anomaly_score"]]
+        if len(out) == len(frame) and (out["ts"].to_numpy() == frame["ts"].to_numpy()).all():
+            return out["anomaly_score"].to_numpy(dtype="float64")  # one row per input row, in order
+        out = out.sort_values("ts", kind="stable")[["ts", "anomaly_score"]]
         # Align on each input row; a regridded output row at or before it (causal), within a step.
         tol = pd.Series(frame["ts"]).diff().median()
         got = pd.merge_asof(frame[["ts"]], out, on="ts", direction="backward", tolerance=tol)
