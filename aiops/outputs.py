@@ -171,12 +171,17 @@ def _ms(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
 
 
 def _frame_parts(frame, labels, watch, metric, col, **extra):
+    """Split one column of a long frame into (output labels, ts_ms, values) per series, NaN dropped."""
+    codes, uniq = pd.factorize(frame["series_id"], sort=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(uniq) + 1))
+    ts, vals = _ms(frame["ts"]), frame[col].to_numpy(dtype=float)
     out = []
-    for sid, g in frame.groupby("series_id", sort=False):
-        vals = g[col].to_numpy(dtype=float)
-        keep = ~np.isnan(vals)
-        if keep.any():
-            out.append((output_labels(_source_labels(labels, sid), metric, watch, **extra), _ms(g["ts"])[keep], vals[keep]))
+    for i, sid in enumerate(uniq):
+        rows = order[bounds[i] : bounds[i + 1]]
+        keep = rows[~np.isnan(vals[rows])]
+        if len(keep):
+            out.append((output_labels(_source_labels(labels, sid), metric, watch, **extra), ts[keep], vals[keep]))
     return out
 
 

@@ -297,3 +297,39 @@ def test_prometheus_api_client(server_url, method):
     assert len(series) == 3
     with pytest.raises(PrometheusApiClientException, match="400"):
         prom.custom_query("histogram_quantile(0.9, x)")
+
+
+# --------------------------------------------------------------------------- outputs edge cases
+
+
+def test_label_clash_missing_columns_nan_and_prune(tmp_path):
+    from aiops.errors import InputError
+    from aiops.outputs import prune_outputs
+
+    st = Store.open(f"sqlite:///{tmp_path / 'o.db'}")
+    sid = 'jobs{watch="etl",bound="x"}'
+    scores = pd.DataFrame({"series_id": sid, "ts": HISTORY[:3], "value": 1.0, "anomaly_score": [0.5, np.nan, 1.0]})
+    assert write_outputs(st, "w", {}, scores=scores, threshold=1.0) == 2 + 2  # NaN score: no point in either series
+    (s,) = select_series(st, "aiops_anomaly")
+    assert s.labels == {"__name__": "aiops_anomaly", "exported_watch": "etl", "exported_bound": "x", "source_metric": "jobs", "watch": "w"}
+    assert [v for _, _, v in read_range(st, "aiops_anomaly", HISTORY[0], HISTORY[2], STEP, pd.Timedelta("1m"))][0].tolist() == [0.0, 1.0]
+    with pytest.raises(InputError, match="anomaly_score"):
+        write_outputs(st, "w", {}, scores=scores.drop(columns="anomaly_score"))
+    assert prune_outputs(st, HISTORY[1]) == 2
+    assert read_range(st, "aiops_anomaly_score", HISTORY[0], HISTORY[0], STEP) == []
+
+
+def test_thousands_of_series_in_one_write(tmp_path):
+    import time
+
+    st = Store.open(f"sqlite:///{tmp_path / 'bulk.db'}")
+    n, steps = 2000, 12
+    ts = pd.date_range(T0, periods=steps, freq=STEP)
+    sids = [f'cpu{{instance="h{i}"}}' for i in range(n)]
+    scores = pd.DataFrame({"series_id": np.repeat(sids, steps), "ts": np.tile(ts, n), "value": 1.0})
+    scores = scores.assign(anomaly_score=np.linspace(0, 2, len(scores)), yhat=1.0, yhat_lower=0.5, yhat_upper=1.5)
+    t = time.perf_counter()
+    assert write_outputs(st, "bulk", {}, scores=scores) == n * steps * 5
+    assert time.perf_counter() - t < 30
+    assert len(select_series(st, "aiops_forecast")) == 3 * n
+    assert len(read_instant(st, 'aiops_anomaly_score{instance=~"h1.*"}', ts[-1])) == 1 + 10 + 100 + 1000
