@@ -11,7 +11,7 @@ A create whose answer was lost (timeout, crash after Grafana saved it) is not re
 every body carries ``data.aiops_key``, and a row that already had an attempt is looked up in
 Grafana by that key before it is created again.
 
-Without ``grafana.url`` the same outbox writes JSON files instead (:class:`FileSink`).
+Without ``grafana.url`` the same outbox writes files instead (:class:`FileSink`).
 """
 
 from __future__ import annotations
@@ -99,13 +99,19 @@ class GrafanaSink:
 
 
 class FileSink:
-    """Annotations as JSON files (``<dir>/<key>.json``) for runs without Grafana."""
+    """Annotations as JSON files (``<dir>/<key>.annotation``) for runs without Grafana.
+
+    Not ``.json``: Grafana's file provider loads every ``*.json`` below its path as a
+    dashboard, and the dashboards live in the same ``grafana.output_dir``.
+    """
+
+    SUFFIX = ".annotation"
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
 
     def _path(self, key: str) -> Path:
-        return self.dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".json")
+        return self.dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", key) + self.SUFFIX)
 
     def _write(self, key: str, annotation_id: int, body: dict) -> None:
         try:
@@ -118,7 +124,7 @@ class FileSink:
                                hint="check grafana.output_dir is writable") from None
 
     def create(self, key: str, body: dict) -> int:
-        ids = [json.loads(p.read_text()).get("id", 0) for p in self.dir.glob("*.json")] if self.dir.exists() else []
+        ids = [json.loads(p.read_text()).get("id", 0) for p in self.dir.glob("*" + self.SUFFIX)] if self.dir.exists() else []
         annotation_id = max(ids, default=0) + 1
         self._write(key, annotation_id, body)
         return annotation_id
@@ -151,7 +157,7 @@ class Annotator:
 
     @classmethod
     def from_config(cls, cfg: GrafanaConfig, store: Store, **kw: Any) -> "Annotator":
-        """Grafana when ``cfg.url`` is set, else JSON files under ``cfg.output_dir/annotations``."""
+        """Grafana when ``cfg.url`` is set, else files under ``cfg.output_dir/annotations``."""
         if cfg.url:
             return cls(store, GrafanaSink(GrafanaClient.from_config(cfg)), **kw)
         return cls(store, FileSink(Path(cfg.output_dir) / "annotations"), **kw)

@@ -52,6 +52,18 @@ def dashboards_provisioning(config: AiopsConfig, dashboards_path: str = DEFAULT_
     }
 
 
+def write_dashboards(config: AiopsConfig, directory: str | Path | None = None) -> list[Path]:
+    """Write the dashboard JSON files (``<uid>.json``) into ``directory``.
+
+    Default: ``grafana.output_dir``, the folder a Grafana file provider reads when aiops runs
+    without ``grafana.url`` (see deploy/). Files are only rewritten when their bytes change.
+    """
+    root = Path(directory if directory is not None else config.grafana.output_dir)
+    files = {root / f"{d['uid']}.json": json.dumps(d, indent=2, sort_keys=True) + "\n" for d in build_dashboards(config)}
+    _write(files)
+    return list(files)
+
+
 def export(config: AiopsConfig, directory: str | Path, *, dashboards_path: str = DEFAULT_DASHBOARDS_PATH) -> list[Path]:
     """Write the provisioning YAML and dashboard JSON under ``directory``; returns the files.
 
@@ -62,16 +74,23 @@ def export(config: AiopsConfig, directory: str | Path, *, dashboards_path: str =
         root / "provisioning" / "datasources" / "aiops.yaml": _yaml(datasource_provisioning(config)),
         root / "provisioning" / "dashboards" / "aiops.yaml": _yaml(dashboards_provisioning(config, dashboards_path)),
     }
-    for dash in build_dashboards(config):
-        files[root / "dashboards" / f"{dash['uid']}.json"] = json.dumps(dash, indent=2, sort_keys=True) + "\n"
+    _write(files)
+    out = list(files) + write_dashboards(config, root / "dashboards")
+    logger.info("exported %d files to %s", len(out), root)
+    return out
+
+
+def _write(files: dict[Path, str]) -> None:
     try:
         for path, text in files.items():
+            if path.exists() and path.read_text() == text:
+                continue  # unchanged: keep the mtime, so file providers see no change
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
     except OSError as exc:
-        raise GrafanaError(f"cannot write {exc.filename}: {exc.strerror}", hint="choose a writable DIR") from None
-    logger.info("exported %d files to %s", len(files), root)
-    return list(files)
+        raise GrafanaError(f"cannot write {exc.filename}: {exc.strerror}", hint="choose a writable folder") from None
 
 
 def _yaml(doc: dict) -> str:

@@ -193,8 +193,9 @@ def test_file_mode_writes_json_once_per_key(tmp_path, store):
     again = annotator(cfg, store)
     again.enqueue(make_event(1, end=T0 + timedelta(hours=1)), "one ended", dashboard_uid("latency-p90"), PANEL_OBSERVED)
     assert again.flush()["updated"] == 1
-    files = sorted((tmp_path / "grafana" / "annotations").glob("*.json"))
-    assert [f.name for f in files] == ["event_1.json", "event_2.json"]
+    files = sorted((tmp_path / "grafana" / "annotations").glob("*"))
+    assert [f.name for f in files] == ["event_1.annotation", "event_2.annotation"]
+    assert not list((tmp_path / "grafana").rglob("*.json"))  # Grafana's file provider would load them
     one = json.loads(files[0].read_text())
     assert one["text"] == "one ended" and one["id"] == 1 and one["timeEnd"] == to_ms(T0 + timedelta(hours=1))
 

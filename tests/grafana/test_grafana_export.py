@@ -112,3 +112,21 @@ def test_cli_provision_without_url_explains(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "dashboards").glob("*.json")), ids=lambda p: p.name)
 def test_shipped_dashboards_are_valid(path):
     jsonschema.Draft7Validator(load_schema("grafana-dashboard")).validate(json.loads(path.read_text()))
+
+
+def test_file_mode_dashboards_beside_annotation_files(tmp_path, store):
+    from datetime import datetime, timezone
+
+    from aiops.grafana.annotations import Annotator
+    from aiops.grafana.export import write_dashboards
+
+    config = make_config(None, output_dir=str(tmp_path / "grafana"))
+    files = write_dashboards(config)
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    assert write_dashboards(config) == files and {p: p.stat().st_mtime_ns for p in files} == mtimes
+    ann = Annotator.from_config(config.grafana, store)
+    ann.enqueue_payload("alert:x:1", text="fired", time=datetime(2026, 11, 20, tzinfo=timezone.utc))
+    assert ann.flush()["created"] == 1
+    # what a Grafana file provider on grafana.output_dir loads: only the dashboards
+    loaded = sorted((tmp_path / "grafana").rglob("*.json"))
+    assert loaded == sorted(files) and all(json.loads(p.read_text())["title"] for p in loaded)
