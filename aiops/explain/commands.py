@@ -26,11 +26,12 @@ COMMANDS: list[click.Command] = []
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="Long CSV/Parquet: timestamp,series,value with history before the incident.")
 @click.option("--target", required=True, help='The alerting series, e.g. latency{service="checkout"}.')
-@click.option("--at", "at", required=True, help="When the target's anomaly started (ISO 8601 or unix seconds).")
+@click.option("--at", "at", required=True,
+              help="When the incident started (ISO 8601, naive = UTC, or unix seconds); causes are searched from one step before.")
 @click.option("--graph", "graph_path", type=click.Path(dir_okay=False),
               help="Call graph: adjacency-matrix CSV, a row calls the columns marked 1.")
 @click.option("--group-by", help="Rank the values of this label (e.g. service) instead of series.")
-@click.option("--lookback", default=None, help="Start the incident window this long before --at (default: one step).")
+@click.option("--lookback", default=None, help="Search for causes from this long before --at (default: one step), e.g. 30m when --at is a late alert.")
 @click.option("--top", type=int, default=None, help="Keep only the best N candidates.")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False),
               help="Write the ranking as JSON here (default: print it).")

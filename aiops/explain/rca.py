@@ -283,17 +283,21 @@ def _onsets(eff: np.ndarray, start: int, threshold: float) -> np.ndarray:
     return np.where(hit.any(axis=0), first + start, -1)
 
 
-def _alignment(eff: np.ndarray, start: int, target: int) -> np.ndarray:
-    """Correlation (floored at 0) of each series' compressed |deviation| with the target's."""
+def _alignment(eff: np.ndarray, start: int, target: int, max_lead: int = 3) -> np.ndarray:
+    """How well each series' compressed |deviation| tracks the target's: the best correlation
+    (floored at 0) with the series leading the target by 0..max_lead steps (a cause may lead)."""
     w = np.log1p(np.abs(eff[start:]))
-    if w.shape[0] < 2:
-        return np.ones(w.shape[1])
-    t = w[:, target] - w[:, target].mean()
-    x = w - w.mean(axis=0)
-    den = np.sqrt((x**2).sum(axis=0) * (t**2).sum())
-    with np.errstate(all="ignore"):
-        r = np.where(den > 0, (x * t[:, None]).sum(axis=0) / den, 0.0)
-    return np.clip(r, 0.0, 1.0)
+    best = np.zeros(w.shape[1])
+    for lag in range(0, max(0, min(max_lead, w.shape[0] - 4)) + 1):  # keep >= 4 points
+        x = w[: w.shape[0] - lag]  # series at t - lag ...
+        t = w[lag:, target]  # ... against the target at t
+        x = x - x.mean(axis=0)
+        t = t - t.mean()
+        den = np.sqrt((x**2).sum(axis=0) * (t**2).sum())
+        with np.errstate(all="ignore"):
+            r = np.where(den > 0, (x * t[:, None]).sum(axis=0) / np.where(den > 0, den, 1.0), 0.0)
+        best = np.maximum(best, r)
+    return np.clip(best, 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- ranking
