@@ -16,7 +16,8 @@ from typing import Any
 
 from aiops.config import AiopsConfig
 from aiops.errors import InputError
-from aiops.explain.kb import KnowledgeBase, passages_as_evidence, tokenize
+from aiops.explain.evidence import runbook_items
+from aiops.explain.kb import KnowledgeBase, tokenize
 from aiops.types import AnomalyEvent, Evidence, EvidenceItem, Explanation
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def question_evidence(
                 ))
     kb = kb if kb is not None else _load_kb(config)
     if kb is not None:
-        items += passages_as_evidence(kb.search(question, max_passages))
+        items += runbook_items(kb.search, question, max_passages)
     if not items:
         items.append(EvidenceItem(
             "note", f"no anomaly event, watch or runbook passage matches the question (events since "

@@ -26,12 +26,7 @@ from aiops.config import ExplainConfig
 from aiops.errors import AiopsError, ExplainError
 from aiops.explain.guard import check_narrative
 from aiops.explain.llm import LLMBackend, Prompt, make_backend
-from aiops.explain.llm.template import (
-    CAUSE_KINDS,
-    cause_confidence,
-    cause_name,
-    template_narrative,
-)
+from aiops.explain.llm.template import CAUSE_KINDS, rank_causes, template_narrative
 from aiops.types import Cause, Evidence, EvidenceItem, Explanation
 
 logger = logging.getLogger(__name__)
@@ -79,15 +74,8 @@ def _clean_untrusted(value: Any) -> str:
 
 
 def build_causes(evidence: Evidence, limit: int = 5) -> list[Cause]:
-    """Probable causes from rca/candidate/co_anomaly items, most confident first."""
-    seen: dict[str, Cause] = {}
-    for item in evidence.items:
-        if item.kind not in CAUSE_KINDS:
-            continue
-        c = Cause(cause_name(item), round(cause_confidence(item), 3), item.text)
-        if c.name not in seen or seen[c.name].confidence < c.confidence:
-            seen[c.name] = c
-    return sorted(seen.values(), key=lambda c: -c.confidence)[:limit]
+    """Probable causes, most confident first (see :func:`~aiops.explain.llm.template.rank_causes`)."""
+    return rank_causes(evidence, limit)
 
 
 def _looks_promql(text: str) -> bool:

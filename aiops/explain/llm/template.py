@@ -7,14 +7,17 @@ what the faithfulness guard falls back to when an LLM narrative cites something 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Sequence
 
 from aiops.explain.llm.base import Prompt, estimate_tokens
-from aiops.types import Evidence, EvidenceItem
+from aiops.types import Cause, Evidence, EvidenceItem
 
 logger = logging.getLogger(__name__)
 
-CAUSE_KINDS = ("rca", "candidate", "root_cause", "cause", "co_anomaly")
+CAUSE_KINDS = ("cause_candidate", "rca", "candidate", "root_cause", "cause", "co_anomaly")
+_KIND_WEIGHT = {"co_anomaly": 0.5}
+UNEXPLAINED = 1.0  # score weight left for "none of the candidates"
 _LEAD_KINDS = ("deviation", "event", "alert", "anomaly", "capacity", "question")
 
 
@@ -27,15 +30,12 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def cause_confidence(item: EvidenceItem) -> float:
-    """Confidence of a cause item: ``data['confidence']``, else a [0, 1] value, else by kind."""
-    for key in ("confidence", "score", "probability"):
+def _explicit_confidence(item: EvidenceItem) -> float | None:
+    for key in ("confidence", "probability"):
         v = item.data.get(key)
-        if isinstance(v, (int, float)) and 0 <= v <= 1:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1:
             return float(v)
-    if item.value is not None and 0 <= item.value <= 1 and item.unit in (None, "", "ratio", "score"):
-        return float(item.value)
-    return 0.5 if item.kind != "co_anomaly" else 0.3
+    return None
 
 
 def cause_name(item: EvidenceItem) -> str:
@@ -46,11 +46,40 @@ def cause_name(item: EvidenceItem) -> str:
     return item.source or item.text[:80]
 
 
+def rank_causes(evidence: Evidence, limit: int = 5) -> list[Cause]:
+    """Probable causes from candidate/co-anomaly items, most confident first.
+
+    An item's ``data['confidence']`` is used as given. Otherwise candidate scores (``value``,
+    unbounded) become shares: ``score / (sum of that kind's scores + UNEXPLAINED)``, so one
+    weak candidate is not 100% sure; co-anomalies (moved together, no causal test) count half.
+    """
+    items = [i for i in evidence.items if i.kind in CAUSE_KINDS]
+    totals: dict[str, float] = {}
+    for i in items:
+        if _explicit_confidence(i) is None and _score(i) > 0:
+            totals[i.kind] = totals.get(i.kind, 0.0) + _score(i)
+    best: dict[str, Cause] = {}
+    for i in items:
+        conf = _explicit_confidence(i)
+        if conf is None:
+            weight = _KIND_WEIGHT.get(i.kind, 1.0)
+            conf = weight * _score(i) / (totals[i.kind] + UNEXPLAINED) if _score(i) > 0 else 0.1 * weight
+        c = Cause(cause_name(i), round(conf, 3), " ".join(i.text.split()))
+        if c.name not in best or best[c.name].confidence < c.confidence:
+            best[c.name] = c
+    return sorted(best.values(), key=lambda c: -c.confidence)[:limit]
+
+
+def _score(item: EvidenceItem) -> float:
+    v = item.value
+    return float(v) if v is not None and math.isfinite(float(v)) and v > 0 else 0.0
+
+
 def template_narrative(evidence: Evidence, *, question: str | None = None) -> str:
     """Three to five plain sentences that restate the evidence, most important first."""
     items = _sorted(evidence.items)
     lead = [i for i in items if i.kind in _LEAD_KINDS]
-    causes = sorted((i for i in items if i.kind in CAUSE_KINDS), key=cause_confidence, reverse=True)
+    causes = rank_causes(evidence, 3)
     changes = [i for i in items if i.kind in ("change", "deploy", "config_change")]
     runbooks = [i for i in items if i.kind in ("runbook", "kb")]
     out: list[str] = []
@@ -62,11 +91,8 @@ def template_narrative(evidence: Evidence, *, question: str | None = None) -> st
         out.append(f"No evidence was found for {evidence.subject}.")
     if causes:
         top = causes[0]
-        out.append(
-            f"The most probable cause is {cause_name(top)} "
-            f"(confidence {cause_confidence(top):.0%}): {_sentence(top.text)}"
-        )
-        others = [cause_name(c) for c in causes[1:3]]
+        out.append(f"The most probable cause is {top.name} (confidence {top.confidence:.0%}): {_sentence(top.reason)}")
+        others = [c.name for c in causes[1:3]]
         if others:
             out.append(f"Other candidates: {', '.join(others)}.")
     if changes:
