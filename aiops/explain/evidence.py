@@ -149,9 +149,13 @@ def change_items(frame: pd.DataFrame, labels: Mapping[str, Mapping[str, str]] | 
     items: list[EvidenceItem] = []
     if frame is None or frame.empty:
         return items
-    win = frame[(frame["ts"] >= since) & (frame["ts"] <= until)]
+    names = {sid: _name(sid, labels) for sid in frame["series_id"].unique()}
+    keep = [sid for sid, n in names.items() if n == "up" or n.endswith(("_total", "_count"))]
+    if not keep:
+        return items
+    win = frame[frame["series_id"].isin(keep) & (frame["ts"] >= since) & (frame["ts"] <= until)]
     for sid, g in win.groupby("series_id", sort=True):
-        name = _name(sid, labels)
+        name = names[sid]
         v = g["value"].to_numpy(dtype=float)
         ts = g["ts"].to_numpy()
         if name == "up":

@@ -276,6 +276,15 @@ def score_window(wide: pd.DataFrame, at: pd.Timestamp, step: pd.Timedelta, param
     return _Scored(list(wide.columns), ts, start, eff, z, med, scale, valid)
 
 
+def to_wide(frame: pd.DataFrame) -> pd.DataFrame:
+    """Long frame -> ts x series_id (the last value wins on duplicates); faster than pivot_table."""
+    sid_codes, sids = pd.factorize(frame["series_id"], sort=True)
+    ts_codes, tss = pd.factorize(frame["ts"], sort=True)
+    values = np.full((len(tss), len(sids)), np.nan)
+    values[ts_codes, sid_codes] = frame["value"].to_numpy(dtype="float64")
+    return pd.DataFrame(values, index=pd.DatetimeIndex(tss, name="ts"), columns=pd.Index(sids, name="series_id"))
+
+
 def _onsets(eff: np.ndarray, start: int, threshold: float) -> np.ndarray:
     """Row index of the first window row at or past the threshold per series (-1 = none)."""
     hit = np.abs(eff[start:]) >= threshold
@@ -360,7 +369,7 @@ def rank_root_causes(
     params = params or RcaParams()
     at = pd.Timestamp(at)
     at = at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
-    wide = frame.pivot_table(index="ts", columns="series_id", values="value", aggfunc="last", dropna=False).sort_index()
+    wide = to_wide(frame)
     ids = [str(c) for c in wide.columns]
     if labels is None:
         labels = {}
