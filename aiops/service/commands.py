@@ -17,7 +17,6 @@ from typing import Any
 
 import click
 
-from aiops.cli import configure_logging, load_config_or_exit
 from aiops.config import AiopsConfig
 from aiops.errors import AiopsError
 
@@ -111,7 +110,16 @@ def _common(f):
     return f
 
 
+def load_config_or_exit(path: str, overrides: dict | None = None) -> AiopsConfig:
+    # Imported late: aiops.cli imports this module while it is being built.
+    from aiops.cli import load_config_or_exit as load
+
+    return load(path, overrides)
+
+
 def _setup_logging(cfg: AiopsConfig) -> None:
+    from aiops.cli import configure_logging
+
     if cfg.service.json_logs:
         ctx = click.get_current_context()
         configure_logging(ctx.find_root().params.get("verbose", 0), True)

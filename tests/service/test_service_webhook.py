@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
+import sqlalchemy as sa
+import yaml
+from click.testing import CliRunner
 
+from aiops.cli import cli
 from aiops.config import AiopsConfig
 from aiops.errors import ConfigError
 from aiops.service.app import create_app
 from aiops.service.auth import bearer_ok, check_bind, is_loopback, write_denied
 from aiops.service.inbox import Inbox
-from aiops.store import Store
+from aiops.store import Store, explanations
+from tests.fixtures.prom import free_port
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "s3cr3t-token"
@@ -200,3 +211,72 @@ def test_auth_helpers():
     check_bind(AiopsConfig.model_validate({"service": {"host": "0.0.0.0", "allow_insecure_bind": True}}).service)
     check_bind(AiopsConfig.model_validate({"service": {"host": "0.0.0.0", "token": "t"}}).service)
     assert write_denied(cfg.service, None) is not None
+
+
+def test_serve_refuses_open_bind_without_token(tmp_path):
+
+
+    cfg = tmp_path / "aiops.yaml"
+    cfg.write_text(f"store:\n  url: sqlite:///{tmp_path}/aiops.db\nservice:\n  host: 0.0.0.0\n")
+    for cmd in ("serve", "run"):
+        r = CliRunner().invoke(cli, [cmd, "-c", str(cfg)])
+        assert r.exit_code == 2, r.output
+        assert "refusing to listen on 0.0.0.0 without service.token" in r.output
+
+
+def _serve(cfg_path: Path, port: int) -> subprocess.Popen:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "aiops", "serve", "-c", str(cfg_path), "--port", str(port)],
+                            env={**os.environ, "PYTHONPATH": str(root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            requests.get(f"http://127.0.0.1:{port}/api/v1/dead-letters", timeout=1)
+            return proc
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("aiops serve did not start")
+
+
+def test_serve_survives_kill_9_without_losing_alerts(tmp_path):
+    """Alerts accepted with 202 are explained after a kill -9 and a restart: none lost."""
+    cfg_path = tmp_path / "aiops.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "store": {"url": f"sqlite:///{tmp_path}/aiops.db"},
+        "grafana": {"output_dir": str(tmp_path / "grafana")},
+        "service": {"token": TOKEN, "lease": "1s", "workers": 1},
+    }))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api/v1/alertmanager"
+    proc = _serve(cfg_path, port)
+    accepted = set()
+    try:
+        payload = load("webhook_example.json")
+        one = payload["alerts"][0]
+        for i in range(20):
+            payload["alerts"] = [dict(one, fingerprint=f"{i:016x}")]
+            r = requests.post(url, json=payload, headers=AUTH, timeout=10)
+            assert r.status_code == 202
+            accepted.add(f"{i:016x}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = _serve(cfg_path, port)
+        store = Store.open(f"sqlite:///{tmp_path}/aiops.db")
+        inbox = Inbox(store)
+        deadline = time.time() + 30
+        while time.time() < deadline and inbox.counts()["done"] < 20:
+            time.sleep(0.1)
+        rows = inbox.rows()
+        assert {r["fingerprint"] for r in rows if r["state"] == "done"} == accepted
+        with store.engine.connect() as conn:
+            refs = [x[0] for x in conn.execute(sa.select(explanations.c.subject_ref))]
+        assert len(refs) == len(set(refs)) == 20  # each explained exactly once
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
