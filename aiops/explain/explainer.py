@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import html
 import json
 import logging
 import re
@@ -111,10 +110,14 @@ def build_skeleton(evidence: Evidence, *, max_candidates: int = 5, question: str
         title = f"Alert {evidence.subject}"
     else:
         title = f"Anomaly on {evidence.subject}"
-    lead = next((i for i in items if i.kind not in CAUSE_KINDS + ("runbook", "kb")), items[0] if items else None)
-    summary = lead.text.strip() if lead else f"No evidence was found for {evidence.subject}."
-    if not summary.endswith((".", "!", "?")):
-        summary += "."
+    facts = [i for i in items if i.kind not in CAUSE_KINDS + ("runbook", "kb")]
+    lead = facts[0] if facts else (items[0] if items else None)
+    summary = " ".join(lead.text.split()).rstrip(".") if lead else f"No evidence was found for {evidence.subject}"
+    if lead is not None and lead.kind != "deviation":  # an alert or event line: add what was measured
+        dev = next((i for i in facts if i.kind == "deviation" and i is not lead), None)
+        if dev is not None:
+            summary += "; " + " ".join(dev.text.split()).rstrip(".")
+    summary += "."
     if causes:
         summary += f" Most probable cause: {causes[0].name} ({causes[0].confidence:.0%})."
     bullets = [" ".join(i.text.split())[:200] for i in items if i.kind not in ("runbook", "kb")][:8]
@@ -320,7 +323,12 @@ class Explainer:
 
 
 def _md(text: str) -> str:
-    return html.escape(" ".join(str(text).split()), quote=False)
+    """One line, with anything that could open an HTML tag defused (``<b`` -> ``< b``).
+
+    Grafana shows annotation text as sanitised HTML and Markdown viewers show code spans
+    verbatim, so PromQL like ``x < 1`` stays readable in both while no tag can open.
+    """
+    return re.sub(r"<(?=[A-Za-z/!?])", "< ", " ".join(str(text).split()))
 
 
 def render_markdown(expl: Explanation, *, max_bytes: int = MARKDOWN_MAX_BYTES) -> str:

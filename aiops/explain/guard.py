@@ -2,8 +2,9 @@
 
 An LLM only narrates evidence the code computed. Every number and every metric name in its
 narrative must appear in what it was shown; a narrative that cites anything else, is empty,
-or is not prose (JSON, code) is rejected and the caller falls back to the template narrative
-with the returned reason. Nothing here, or anywhere in aiops, executes model output.
+is not prose (JSON, code), or repeats a run of words from the untrusted alert text (the
+sign of a model obeying instructions planted in an annotation) is rejected, and the caller
+falls back to the template narrative with the returned reason. Nothing here, or anywhere in aiops, executes model output.
 
 Numbers match with rounding and format variants: evidence ``0.1234`` allows ``0.12``,
 ``0.123``, ``12.3%`` and ``12%``; ``1834.2`` allows ``1,834`` and ``1.8k``; ``0.35`` (s)
@@ -29,6 +30,7 @@ _NUM_RE = re.compile(
 # Metric-like names: snake_case or recording-rule names (job:rate:5m); plain words are not names.
 _NAME_RE = re.compile(r"(?<![A-Za-z0-9_:.\-/])[a-zA-Z_][a-zA-Z0-9]*(?:[_:][a-zA-Z0-9]+)+(?![A-Za-z0-9_:])")
 _SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+SHINGLE_WORDS = 5  # this many words in a row copied from alert text count as following it
 _SCALES = (1.0, 100.0, 0.01, 1e3, 1e-3, 1e-6, 1e-9, 1e6, 1e9)
 
 
@@ -97,6 +99,8 @@ def evidence_facts(evidence: Evidence, extra_text: str = "") -> tuple[list[float
                 texts.append(str(v))
     joined = "\n".join(t for t in texts if t)
     numbers += [n.value for n in extract_numbers(joined)]
+    # also every digit run, so times inside ISO stamps (T10:00) and names count as shown
+    numbers += [float(m.group(0)) for m in re.finditer(r"\d+(?:\.\d+)?", joined)]
     return numbers, extract_names(joined)
 
 
@@ -122,6 +126,9 @@ def check_narrative(narrative: str, evidence: Evidence, *, extra_text: str = "")
         return GuardResult(False, "the model returned an empty narrative")
     if _looks_structured(text):
         return GuardResult(False, "the model's narrative is not prose (it looks like JSON or code)")
+    copied = _copied_untrusted(text, evidence)
+    if copied:
+        return GuardResult(False, f"the narrative repeats untrusted alert text ({copied!r})")
     known_numbers, known_names = evidence_facts(evidence, extra_text)
     bad_numbers = [n.text for n in extract_numbers(text) if not _number_known(n, known_numbers)]
     bad_names = sorted(extract_names(text) - known_names)
@@ -134,6 +141,22 @@ def check_narrative(narrative: str, evidence: Evidence, *, extra_text: str = "")
         parts.append("metric names not in the evidence: " + ", ".join(bad_names))
     reason = "narrative cites " + "; ".join(parts)
     return GuardResult(False, reason[:500], list(dict.fromkeys(bad_numbers)), bad_names)
+
+
+def _shingles(text: str, n: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def _copied_untrusted(text: str, evidence: Evidence) -> str | None:
+    """A run of words the narrative copied from alert labels/annotations and not from the
+    computed evidence: the mark of a model following instructions planted in an alert."""
+    if not evidence.untrusted:
+        return None
+    untrusted = set().union(*(_shingles(str(v)) for v in evidence.untrusted.values()))
+    trusted = _shingles(" ".join([evidence.subject] + [f"{i.text} {i.source or ''}" for i in evidence.items]))
+    copied = (_shingles(text) & untrusted) - trusted
+    return " ".join(min(copied)) if copied else None
 
 
 def _looks_structured(text: str) -> bool:
