@@ -56,7 +56,7 @@ def incident_csv(normal: pd.DataFrame, window: pd.DataFrame, path: Path) -> None
     long.to_csv(path, index=False)
 
 
-def run_rca(runner, args: list[str]) -> list[dict]:
+def run_rca(runner, args: list[str]):
     from aiops.cli import cli
 
     res = runner.invoke(cli, ["rca", *args], catch_exceptions=False)

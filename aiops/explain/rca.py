@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import heapq
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -233,8 +234,6 @@ def robust_baseline(history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     """
     count = np.sum(~np.isnan(history), axis=0)
     with np.errstate(all="ignore"):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(history, axis=0)
