@@ -95,10 +95,11 @@ def llm_group() -> None:
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--max-length", type=int, default=1024, show_default=True, help="Tokens per training example.")
 @click.option("--eval-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Answer length in evaluations.")
 @click.option("--device", default="auto", show_default=True)
 @_CONFIG
 def llm_finetune_cmd(data_path, from_store, base, out_dir, epochs, max_steps, learning_rate, lora_r, batch_size,
-                     max_length, eval_fraction, device, config_file) -> None:
+                     max_length, eval_fraction, max_new_tokens, device, config_file) -> None:
     """Train a LoRA adapter on evidence -> explanation pairs; evaluate before and after."""
     from aiops.errors import InputError
     from aiops.explain.finetune import finetune, load_pairs, pairs_from_store, write_pairs
@@ -116,7 +117,7 @@ def llm_finetune_cmd(data_path, from_store, base, out_dir, epochs, max_steps, le
         pairs = load_pairs(data_path)
     report = finetune(pairs, base, out_dir, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
                       lora_r=lora_r, batch_size=batch_size, max_length=max_length, eval_fraction=eval_fraction,
-                      device=device)
+                      max_new_tokens=max_new_tokens, device=device)
     click.echo(f"trained {report['steps']} steps on {report['train_pairs']} pairs (loss {report['train_loss']:.4f}); "
                f"adapter in {out_dir}")
     for when in ("before", "after"):

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from aiops.cli import cli
 from aiops.errors import InputError
 from aiops.explain.explainer import evidence_to_dict
-from aiops.explain.finetune import finetune, load_pairs, pairs_from_store, rouge_l, split_pairs, write_pairs
+from aiops.explain.finetune import load_pairs, pairs_from_store, rouge_l, split_pairs, write_pairs
 from aiops.store import Store, explanations, feedback
 from tests.explain.test_explain_llm import sample_evidence
 from tests.fixtures.tiny_lm import build_tiny_lm
@@ -63,8 +63,12 @@ def test_finetune_one_step_and_eval(tmp_path):
     base = build_tiny_lm(tmp_path / "base")
     data = write_pairs(_pairs(5), tmp_path / "pairs.jsonl")
     out = tmp_path / "adapter"
-    report = finetune(load_pairs(data), str(base), out, max_steps=1, batch_size=2, max_new_tokens=8,
-                      max_length=512, device="cpu")
+    res = CliRunner().invoke(cli, ["llm", "finetune", "--data", str(data), "--base", str(base), "--out", str(out),
+                                   "--max-steps", "1", "--batch-size", "2", "--max-length", "512", "--max-new-tokens", "8",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "trained 1 steps on 4 pairs" in res.output and "before" in res.output and "after" in res.output
+    report = json.loads((out / "finetune_report.json").read_text())
     assert report["steps"] == 1 and report["train_loss"] > 0
     assert report["train_pairs"] == 4 and report["eval_pairs"] == 1
     for when in ("before", "after"):
@@ -74,7 +78,6 @@ def test_finetune_one_step_and_eval(tmp_path):
 
     lora_b = [v for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k]
     assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b)  # B starts at zero: the step trained it
-    assert json.loads((out / "finetune_report.json").read_text())["steps"] == 1
     # the adapter folder serves through the same backend path, and `aiops llm eval` scores it
     res = CliRunner().invoke(cli, ["llm", "eval", "--data", str(data), "--model", str(out),
                                    "--max-new-tokens", "8", "--json"])
