@@ -181,7 +181,7 @@ class Scheduler:
             self.source = self._make_source(self.config)
         self._sched.add_job(
             self._renew, "interval", seconds=self.lease.ttl / 3, id="lease", coalesce=True, max_instances=1,
-            next_run_time=datetime.now(timezone.utc),
+            misfire_grace_time=None, next_run_time=datetime.now(timezone.utc),  # a late renewal still counts
         )
         self._sync_jobs()
         self._sched.start()
