@@ -261,22 +261,21 @@ def _generator_query(url: Any) -> str | None:
 def make_explain_alert(config: AiopsConfig, store: Store | None = None) -> ExplainAlert:
     """The default ``explain_alert``: evidence for the alert, then the configured explainer.
 
-    Evidence comes from ``aiops.explain.evidence.alert_evidence(alert, config=..., store=...)``
-    when that module offers it (keyword arguments it does not take are left out), else from
-    :func:`alert_evidence`.
+    Evidence comes from :func:`aiops.explain.evidence.evidence_for_alert` (from the alert
+    alone: no series are fetched around it yet), else from :func:`alert_evidence`.
     """
     from aiops.explain.explainer import Explainer, evidence_to_dict, render_markdown
 
     build: Callable[[dict], Evidence] = alert_evidence
     try:
-        from aiops.explain import evidence as evmod
+        from aiops.explain.evidence import evidence_for_alert
     except ImportError:
-        evmod = None
-    fn = getattr(evmod, "alert_evidence", None) if evmod is not None else None
-    if callable(fn):
-        params = inspect.signature(fn).parameters
-        kw = {k: v for k, v in (("config", config), ("store", store)) if k in params}
-        build = lambda alert: fn(alert, **kw)  # noqa: E731
+        evidence_for_alert = None
+    if evidence_for_alert is not None:
+        kw: dict[str, Any] = {}
+        if "max_candidates" in inspect.signature(evidence_for_alert).parameters:
+            kw["max_candidates"] = config.explain.max_candidates
+        build = lambda alert: evidence_for_alert(alert, **kw)  # noqa: E731
     explainer = Explainer(config.explain)
 
     def explain_alert(alert: dict[str, Any]) -> ExplainResult:
