@@ -58,18 +58,20 @@ def tail_probability(
     shape: float = 0.5,
     min_beta: float = 0.25,
     min_n: int = MIN_RESIDUALS,
+    ref_start: int = 0,
 ) -> np.ndarray:
     """Causal probability of a value at least ``a[t]`` among the earlier values (NaN ignored).
 
     Empirical within the bulk of the past distribution; beyond its ``1 - tail`` quantile an
     exponential tail fitted to the exceedances (peaks over threshold) takes over, so values
     larger than anything seen still get ever smaller probabilities. The reference set is
-    refreshed every ``every`` steps from the last ``window`` values before it.
+    refreshed every ``every`` steps from the last ``window`` values before it, never from
+    values before ``ref_start`` (a warm-up whose values are not comparable).
     """
     n = len(a)
     p = np.full(n, np.nan)
     for c in range(0, n, every):
-        past = a[max(0, c - window) : c]
+        past = a[max(ref_start, c - window) : c]
         past = np.sort(past[np.isfinite(past)])
         m = past.size
         if m < min_n:
@@ -120,7 +122,7 @@ def causal_scores(
     level: float,
     *,
     window: int = 2000,
-    halflife: float = 288.0,
+    halflife: float = 48.0,
     floor: float | np.ndarray | None = None,
     floor_frac: float = 0.02,
     shape: float = 0.5,
@@ -144,7 +146,11 @@ def causal_scores(
         floor = floor_frac * causal_spread(y)
     scale = np.where(np.isfinite(scale), np.maximum(scale, floor), np.nan)
     z = np.abs(r) / scale
-    score = _surprise(tail_probability(z, window=window, shape=shape), level)
+    # the residual scale needs a few half-lives to forget its start; ratios from before that
+    # would make every later point look surprising
+    fin = np.flatnonzero(np.isfinite(z))
+    burn = int(fin[0] + 2 * halflife) if fin.size else 0
+    score = _surprise(tail_probability(z, window=window, shape=shape, ref_start=burn), level)
     if extra:
         # Two slower views of the same residuals raise the score only far past the band edge
         # (by ``EXTRA_OFFSET`` levels of surprise), so they add early warnings for level
@@ -156,7 +162,8 @@ def causal_scores(
         for a in (zs, zv):
             score = np.maximum(score, _surprise(tail_probability(a, window=window, shape=shape), level) - EXTRA_OFFSET)
     # band half-width: the conformal ``level`` quantile of past |z|, in the series' units
-    q = pd.Series(z).rolling(window, min_periods=MIN_RESIDUALS).quantile(level).shift(1).to_numpy()
+    zr = np.where(np.arange(len(z)) >= burn, z, np.nan)
+    q = pd.Series(zr).rolling(window, min_periods=MIN_RESIDUALS).quantile(level).shift(1).to_numpy()
     q = np.maximum(q, 1e-6)
     return {"anomaly_score": score, "yhat": pred, "yhat_lower": pred - q * scale, "yhat_upper": pred + q * scale}
 

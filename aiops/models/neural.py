@@ -38,6 +38,23 @@ def _torch():
     return torch
 
 
+class _threads:
+    """Temporarily set torch's CPU thread count (0 leaves it alone)."""
+
+    def __init__(self, n: int):
+        self.n, self.old = n, None
+
+    def __enter__(self) -> None:
+        if self.n > 0:
+            torch = _torch()
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.old is not None:
+            _torch().set_num_threads(self.old)
+
+
 def _build_net(n_in: int, n_out: int, hidden: int, layers: int):
     torch = _torch()
     mods: list[Any] = []
@@ -58,6 +75,9 @@ class NeuralForecaster(BaseForecaster):
         horizon: steps forecast at once (longer horizons roll forward); set by forecast_frame.
         context_seasons: context length in seasons (at least ``min_context`` steps).
         hidden, layers: MLP size. steps, batch, lr: training budget.
+        threads: CPU threads for torch while fitting/predicting (0 = torch's default). One is
+            the default because on small shared machines torch's thread pool spins against
+            other processes (20x slower measured on a loaded 2-core host).
         season: steps per season; 0 = the most common detected one across series.
     """
 
@@ -69,6 +89,7 @@ class NeuralForecaster(BaseForecaster):
     DEFAULTS = {
         "horizon": 24, "context_seasons": 2, "min_context": 48, "max_context": 1024, "hidden": 256,
         "layers": 2, "steps": 300, "batch": 512, "lr": 2e-3, "season": 0, "calib_window": 2000,
+        "threads": 1,
     }
 
     def __init__(self, **kw: Any):
@@ -123,6 +144,10 @@ class NeuralForecaster(BaseForecaster):
     # ------------------------------------------------------------------ training
 
     def _fit(self, panel: Panel) -> None:
+        with _threads(int(self.params["threads"])):
+            self._fit_net(panel)
+
+    def _fit_net(self, panel: Panel) -> None:
         torch = _torch()
         self.m_ = self._season_all(panel)
         L, H, _ = self._dims()
@@ -231,7 +256,8 @@ class NeuralForecaster(BaseForecaster):
 
     def _forecast(self, panel: Panel, horizon: int):
         xs = [fill_gaps(y) for y in panel.values]
-        yh, lo, hi = self._raw_forecast(xs, [self._scale_of(s, y) for s, y in zip(panel.ids, panel.values)], horizon)
+        with _threads(int(self.params["threads"])):
+            yh, lo, hi = self._raw_forecast(xs, [self._scale_of(s, y) for s, y in zip(panel.ids, panel.values)], horizon)
         f = getattr(self, "factor_", 1.0)
         lo = yh - f * (yh - lo)
         hi = yh + f * (hi - yh)
@@ -249,7 +275,7 @@ class NeuralForecaster(BaseForecaster):
         feats, base, loc = self._features(np.ascontiguousarray(ctx), np.full(len(ctx), s))
         self.net_.eval()
         dev = next(self.net_.parameters()).device
-        with torch.no_grad():
+        with torch.no_grad(), _threads(int(self.params["threads"])):
             out = np.concatenate([self.net_(torch.from_numpy(feats[i : i + 8192]).to(dev)).float().cpu().numpy()
                                   for i in range(0, len(feats), 8192)])
         med = (out.reshape(len(ctx), H, 3)[:, 0, 1] + base[:, 0]) * s + loc[:, 0]
