@@ -50,7 +50,7 @@ class Duration(str):
 
     @property
     def td(self) -> pd.Timedelta:
-        return parse_duration(str(self))
+        return parse_duration(str(self), allow_zero=True)
 
     @property
     def seconds(self) -> float:

@@ -50,10 +50,117 @@ class WatchResult:
     scores: pd.DataFrame | None = None
     forecast: pd.DataFrame | None = None
     events: list[AnomalyEvent] = field(default_factory=list)
-    capacity: dict[str, Any] = field(default_factory=dict)
+    capacity: dict[str, Any] = field(default_factory=dict)  # series id -> CapacityResult
     explanations: dict[int, Any] = field(default_factory=dict)  # event id -> Explanation
+    markdown: dict[int, str] = field(default_factory=dict)  # event id -> annotation text
     error: str | None = None
     seconds: float = 0.0
+
+
+@dataclass
+class Stages:
+    """Collaborators a run may use; each is optional so a run does only what is configured."""
+
+    explainer: Any = None  # aiops.explain.explainer.Explainer
+    annotator: Any = None  # aiops.grafana.annotations.Annotator
+    kb_search: Any = None  # callable(text, k) -> passages
+    max_explained: int = 20  # events explained per run, highest peak first
+    recent: pd.Timedelta | None = None  # only events ending within this window are explained
+
+
+def score_watch(batch: SeriesBatch, watch: WatchConfig) -> pd.DataFrame:
+    """Causal anomaly scores for every observation of the batch.
+
+    The history is scored as a backtest (fit on the past, refit on the model's default
+    schedule), so events in the window are found the way a running scheduler would find them.
+    """
+    from aiops.models import detect_frame
+
+    return detect_frame(
+        batch.frame, step=batch.step or watch.step.td, level=watch.model.level, model=watch.model.kind,
+        seed=watch.model.seed, params=watch.model.params or None,
+    )
+
+
+def forecast_watch(batch: SeriesBatch, watch: WatchConfig) -> pd.DataFrame:
+    """Quantile forecast over the watch's horizon after the last observation."""
+    from aiops.models import forecast_frame
+
+    steps = max(1, int(watch.horizon.td / watch.step.td))
+    return forecast_frame(
+        batch.frame, steps, step=batch.step or watch.step.td, level=watch.model.level, model=watch.model.kind,
+        seed=watch.model.seed, params=watch.model.params or None,
+    )
+
+
+def _capacity(forecast: pd.DataFrame, watch: WatchConfig, now: pd.Timestamp) -> dict[str, Any]:
+    if watch.capacity is None or forecast is None or forecast.empty:
+        return {}
+    from aiops.detect.capacity import time_to_threshold
+
+    return time_to_threshold(forecast, watch.capacity, now, level=watch.model.level)
+
+
+def _model_error(scores: pd.DataFrame) -> dict[str, float]:
+    """Mean absolute error over the band half-width per series, on the last day of scores."""
+    out: dict[str, float] = {}
+    for sid, g in scores.groupby("series_id"):
+        g = g.dropna(subset=["value", "yhat"]).tail(288)
+        if g.empty:
+            continue
+        half = ((g["yhat_upper"] - g["yhat_lower"]) / 2).replace(0, float("nan"))
+        err = ((g["value"] - g["yhat"]).abs() / half).mean()
+        if err == err:
+            out[str(sid)] = float(err)
+    return out
+
+
+def explain_events(
+    config: AiopsConfig,
+    watch: WatchConfig,
+    result: WatchResult,
+    store: Store,
+    stages: Stages,
+    now: pd.Timestamp,
+) -> None:
+    """Evidence then narrative for the watch's most severe events; stored and annotated."""
+    from aiops.explain.evidence import evidence_for_event
+    from aiops.explain.explainer import evidence_to_dict, render_markdown
+
+    events = [e for e in result.events if e.id is not None]
+    if stages.recent is not None:
+        events = [e for e in events if e.end is None or e.end >= now - stages.recent]
+    events = sorted(events, key=lambda e: -e.peak_score)[: stages.max_explained]
+    if not events:
+        return
+    cap = [
+        {"series": sid, "threshold": r.threshold, "seconds": r.median_seconds,
+         "eta": r.median_time.isoformat() if r.median_time else None, "source": watch.query}
+        for sid, r in result.capacity.items()
+    ]
+    evidences = []
+    for ev in events:
+        evidences.append(
+            evidence_for_event(
+                ev, result.scores, labels=result.batch.labels, query=watch.query,
+                scope_labels=watch.scope_labels, capacity=[c for c in cap if c["series"] == ev.series_id] or None,
+                kb_search=stages.kb_search, max_candidates=config.explain.max_candidates, now=now,
+            )
+        )
+    explanations = stages.explainer.explain_many(evidences)
+    for ev, evidence, expl in zip(events, evidences, explanations):
+        md = render_markdown(expl)
+        store.add_explanation(
+            subject_kind="event", subject_ref=f"event:{ev.id}", watch=watch.name, backend=expl.backend,
+            evidence=evidence_to_dict(evidence), explanation=expl.to_dict(), markdown=md, guard_note=expl.guard_note,
+        )
+        result.explanations[ev.id] = expl
+        result.markdown[ev.id] = md
+        if stages.annotator is not None:
+            from aiops.grafana.dashboards import PANEL_OBSERVED, dashboard_uid
+
+            uid = dashboard_uid(watch.name) if watch.dashboard else None
+            stages.annotator.enqueue(ev, md, uid, PANEL_OBSERVED if uid else None)
 
 
 def run_watch(
@@ -63,21 +170,49 @@ def run_watch(
     source: MetricSource,
     store: Store,
     end: pd.Timestamp | None = None,
+    stages: Stages | None = None,
 ) -> WatchResult:
-    """Run one watch once: every stage that exists, each recorded as a job run."""
+    """Run one watch once: fetch, score, detect, forecast, capacity, publish, explain.
+
+    Every run is recorded in the store's job runs; a failing stage records its error and the
+    result carries it, so one bad watch never stops the others.
+    """
+    from aiops.detect.events import scores_to_events
+    from aiops.outputs import write_outputs
+
+    stages = stages or Stages()
     t0 = time.perf_counter()
     result = WatchResult(watch.name)
-    run_id = store.start_run(watch.name, "fetch")
+    run_id = store.start_run(watch.name, "infer")
     try:
         batch = fetch_watch(config, watch, source=source, end=end)
+        result.batch = batch
+        now = batch.frame["ts"].max()
+        result.scores = score_watch(batch, watch)
+        events = scores_to_events(result.scores, watch=watch.name, detector=watch.detector, labels=batch.labels)
+        for ev in events:
+            store.upsert_event(ev)
+        result.events = events
+        result.forecast = forecast_watch(batch, watch)
+        result.capacity = _capacity(result.forecast, watch, now)
+        write_outputs(
+            store, watch.name, batch.labels, scores=result.scores, forecast=result.forecast,
+            time_to_threshold={sid: r.median_seconds for sid, r in result.capacity.items()} or None,
+            model_error=_model_error(result.scores), threshold=watch.detector.threshold,
+        )
+        if stages.explainer is not None:
+            explain_events(config, watch, result, store, stages, now)
     except AiopsError as exc:
-        store.finish_run(run_id, status="error", error=str(exc))
+        logger.warning("watch %s failed: %s", watch.name, exc)
         result.error = str(exc)
+        store.finish_run(run_id, status="error", error=str(exc))
         result.seconds = time.perf_counter() - t0
         return result
-    result.batch = batch
     store.finish_run(
-        run_id, series=len(batch.series_ids), points=int(batch.frame["value"].notna().sum())
+        run_id,
+        series=len(batch.series_ids),
+        points=int(batch.frame["value"].notna().sum()),
+        details={"events": len(result.events), "explained": len(result.explanations)},
     )
     result.seconds = time.perf_counter() - t0
     return result
@@ -91,35 +226,108 @@ class DemoSummary:
     output_dir: Path
     store_url: str
     files: dict[str, Path] = field(default_factory=dict)
+    rankings: dict[str, list[dict]] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def render(self) -> str:
+    def render(self, top: int = 5) -> str:
         lines = [f"aiops demo finished in {self.seconds:.1f}s"]
         for r in self.results:
             if r.error:
                 lines.append(f"  {r.watch}: FAILED: {r.error}")
                 continue
             n = len(r.batch.series_ids) if r.batch is not None else 0
-            pts = int(r.batch.frame["value"].notna().sum()) if r.batch is not None else 0
-            lines.append(f"  {r.watch}: {n} series, {pts} points, {len(r.events)} anomaly events")
+            extra = ""
+            for sid, cap in r.capacity.items():
+                extra += f"; {sid}: {cap.text}"
+            lines.append(f"  {r.watch}: {n} series, {len(r.events)} anomaly events, {len(r.explanations)} explained{extra}")
+        explained = [
+            (ev, r.explanations[ev.id]) for r in self.results for ev in r.events if ev.id in r.explanations
+        ]
+        explained.sort(key=lambda p: -p[0].peak_score)
+        if explained:
+            lines.append("")
+            lines.append("Top explained anomalies:")
+            for ev, expl in explained[:top]:
+                when = f"{ev.start:%Y-%m-%d %H:%M}" + ("" if ev.end is None else f"-{ev.end:%H:%M}")
+                lines.append(f"  [{ev.severity}] {ev.watch} {when} UTC: {expl.title}")
+                lines.append(f"      {expl.summary}")
+        for name, ranking in self.rankings.items():
+            if ranking:
+                best = ", ".join(f"{c['name']} ({c['score']:.2f})" for c in ranking[:3])
+                lines.append(f"\nRoot-cause ranking for {name}: {best}")
+        lines.append("")
         lines.append(f"store: {self.store_url}")
         for name, path in self.files.items():
             lines.append(f"{name}: {path}")
         return "\n".join(lines)
 
 
+def _rank_incident(result: WatchResult) -> tuple[str, list[dict]] | None:
+    """Root-cause ranking around the watch's strongest event, by the series' own labels."""
+    from aiops.errors import InputError
+    from aiops.explain.rca import rank_root_causes
+
+    if result.batch is None or not result.events:
+        return None
+    ev = max(result.events, key=lambda e: e.peak_score)
+    labels = result.batch.labels.get(ev.series_id, {})
+    group_by = next((k for k in ("service", "job", "instance") if k in labels and
+                     len({l.get(k) for l in result.batch.labels.values()}) > 1), None)
+    try:
+        cands = rank_root_causes(result.batch.frame, ev.series_id, pd.Timestamp(ev.start),
+                                 labels=result.batch.labels, group_by=group_by, step=result.batch.step, limit=10)
+    except InputError as exc:
+        logger.info("no root-cause ranking for %s: %s", ev.series_id, exc)
+        return None
+    return f"{ev.series_id} at {ev.start:%Y-%m-%d %H:%M} UTC", [c.to_dict() for c in cands]
+
+
 def run_demo(config: AiopsConfig, *, progress: bool = True) -> DemoSummary:
     """Run every watch once end to end and summarise (the README's first command)."""
     from tqdm.auto import tqdm
+
+    from aiops.explain.explainer import Explainer
+    from aiops.grafana.annotations import Annotator
+    from aiops.report import write_report
 
     t0 = time.perf_counter()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = Store.open(config.store.url)
     source = make_source(config)
+    stages = Stages(explainer=Explainer(config.explain), annotator=Annotator.from_config(config.grafana, store))
+    if config.explain.runbooks_dir:
+        from aiops.explain.kb import KnowledgeBase
+
+        stages.kb_search = KnowledgeBase.build(config.explain.runbooks_dir).search
+    files: dict[str, Path] = {}
+    if config.grafana.url:
+        from aiops.grafana.client import GrafanaClient
+        from aiops.grafana.dashboards import provision
+
+        report = provision(config, GrafanaClient.from_config(config.grafana))
+        logger.info("grafana: %s", report)
+    else:
+        from aiops.grafana.export import write_dashboards
+
+        written = write_dashboards(config)
+        if written:
+            files["grafana dashboards"] = Path(written[0]).parent
     results = []
-    bar = tqdm(config.watches, desc="watches", unit="watch", disable=not progress)
+    bar = tqdm(config.watches, desc="pipeline", unit="watch", disable=not progress)
     for watch in bar:
-        bar.set_postfix_str(watch.name)
-        results.append(run_watch(config, watch, source=source, store=store))
-    return DemoSummary(results, out, config.store.url, seconds=time.perf_counter() - t0)
+        bar.set_postfix_str(f"{watch.name}: fetch, fit, forecast, detect, explain")
+        results.append(run_watch(config, watch, source=source, store=store, stages=stages))
+    flushed = stages.annotator.flush()
+    logger.info("annotations: %s", flushed)
+    if not config.grafana.url:
+        files["grafana annotations"] = Path(config.grafana.output_dir) / "annotations"
+    rankings = {}
+    for r in results:
+        ranked = _rank_incident(r)
+        if ranked:
+            rankings[ranked[0]] = ranked[1]
+            break  # the strongest incident of the first watch that has one
+    thresholds = {w.name: w.detector.threshold for w in config.watches}
+    files["report"] = write_report(out / "report.html", results, thresholds=thresholds, rankings=rankings)
+    return DemoSummary(results, out, config.store.url, files=files, rankings=rankings, seconds=time.perf_counter() - t0)

@@ -376,6 +376,43 @@ class Store:
         return _row_to_event(r._mapping) if r else None
 
 
+    # ------------------------------------------------------------------ explanations
+
+    def add_explanation(
+        self,
+        *,
+        subject_kind: str,
+        subject_ref: str,
+        watch: str | None,
+        backend: str,
+        evidence: dict,
+        explanation: dict,
+        markdown: str,
+        guard_note: str | None = None,
+    ) -> int:
+        """Store one explanation and return its id."""
+        with self.begin() as conn:
+            res = conn.execute(
+                explanations.insert().values(
+                    subject_kind=subject_kind, subject_ref=subject_ref, watch=watch, created_at=utcnow(),
+                    backend=backend, evidence=evidence, explanation=explanation, markdown=markdown,
+                    guard_note=guard_note,
+                )
+            )
+            return int(res.inserted_primary_key[0])
+
+    def latest_explanation(self, subject_kind: str, subject_ref: str) -> dict | None:
+        c = explanations.c
+        q = (
+            sa.select(explanations)
+            .where((c.subject_kind == subject_kind) & (c.subject_ref == subject_ref))
+            .order_by(c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            r = conn.execute(q).first()
+        return dict(r._mapping) if r else None
+
 class _Txn:
     def __init__(self, engine: Engine):
         self._cm = engine.begin()

@@ -14,18 +14,18 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "
 _DUR_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 
 
-def parse_duration(text: str | int | float) -> pd.Timedelta:
+def parse_duration(text: str | int | float, *, allow_zero: bool = False) -> pd.Timedelta:
     """Parse a Prometheus-style duration (``30s``, ``5m``, ``1h30m``, ``7d``, ``2w``).
 
     A bare number is seconds. Raises ValueError with the accepted forms on anything else.
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
+        if text < 0 or (text == 0 and not allow_zero):
             raise ValueError(f"duration must be positive, got {text}")
         return pd.Timedelta(seconds=float(text))
     s = str(text).strip()
     if re.fullmatch(r"\d+(\.\d+)?", s):
-        return parse_duration(float(s))
+        return parse_duration(float(s), allow_zero=allow_zero)
     pos, total = 0, 0.0
     for m in _DUR_RE.finditer(s):
         if m.start() != pos:
@@ -37,7 +37,7 @@ def parse_duration(text: str | int | float) -> pd.Timedelta:
             f"invalid duration {text!r}: use a number and a unit (ms, s, m, h, d, w, y), "
             "e.g. '30s', '5m', '1h30m', '7d'"
         )
-    if total <= 0:
+    if total <= 0 and not allow_zero:
         raise ValueError(f"duration must be positive, got {text!r}")
     return pd.Timedelta(seconds=total)
 

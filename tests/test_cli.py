@@ -23,8 +23,34 @@ def test_fetch_prints_what_it_fetched():
     assert bad.exit_code == 2 and "configured watches: latency-p90" in bad.output
 
 
-def test_demo_runs_without_servers(tmp_path):
-    r = CliRunner().invoke(cli, ["demo", "--output", str(tmp_path / "out"), "--quiet"])
+SMALL_DEMO = """
+source: {kind: synthetic, synthetic: {scenario: shop, seed: 1, days: 4, step: 5m}}
+watches:
+  - {name: latency-p90, query: 'http_request_duration_seconds{quantile="0.9"}', history: 4d, horizon: 6h}
+  - name: disk-free
+    query: node_filesystem_avail_bytes
+    history: 4d
+    horizon: 7d
+    capacity: {threshold: 10.0e+9, direction: below}
+"""
+
+
+def test_demo_runs_the_pipeline_without_servers(tmp_path):
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(SMALL_DEMO)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["demo", "-c", str(cfg), "--output", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
-    assert "latency-p90: 7 series" in r.output
-    assert (tmp_path / "out" / "aiops.db").exists()
+    assert "latency-p90: 7 series" in r.output and "FAILED" not in r.output
+    # the seeded incident is found and explained, and its root cause ranked
+    assert "Top explained anomalies:" in r.output and "Root-cause ranking for" in r.output
+    assert re.search(r"disk-free: 1 series, .*node_filesystem_avail_bytes.*(median|not within horizon)", r.output)
+    report = (out / "report.html").read_text()
+    assert "plotly" in report and "latency-p90" in report
+    assert list((out / "grafana").glob("*.json")), "dashboards written as files"
+    assert list((out / "grafana" / "annotations").glob("*.annotation")), "annotations written as files"
+    from aiops.store import Store
+
+    store = Store.open(f"sqlite:///{out}/aiops.db")
+    assert store.events(watch="latency-p90")
+    assert {r["status"] for r in store.runs()} == {"ok"}
