@@ -214,14 +214,15 @@ class ModelConfig(_Model):
 
 class DetectorConfig(_Model):
     threshold: float = Field(
-        3.0,
+        5.0,
         gt=0,
-        description="Score at or above which a point is anomalous. 1.0 is the band edge, which "
-        "(1 - level) of normal points cross by design; 3.0 is three times as far out.",
+        description="Score at or above which a point is anomalous. A score s means a tail "
+        "probability of (1 - level)^s: 1.0 is the band edge, which (1 - level) of normal points "
+        "cross by design; 5.0 at level 0.8 is about 1 normal point in 3,100.",
     )
     min_duration: Duration = Field(Duration("0s"), description="Shorter runs are not events.")
     merge_gap: Duration = Field(Duration("10m"), description="Runs this close merge into one.")
-    critical_score: float = Field(6.0, gt=0, description="Peak score at which severity is critical.")
+    critical_score: float = Field(8.0, gt=0, description="Peak score at which severity is critical.")
 
     @field_validator("min_duration", mode="wrap")
     @classmethod

@@ -115,6 +115,15 @@ def _model_error(scores: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def _group_label(batch: SeriesBatch, series: str) -> str | None:
+    """The label to rank causes by (service, job, instance) when it tells the series apart."""
+    labels = batch.labels.get(series, {})
+    for key in ("service", "job", "instance"):
+        if key in labels and len({lbl.get(key) for lbl in batch.labels.values()}) > 1:
+            return key
+    return None
+
+
 def explain_events(
     config: AiopsConfig,
     watch: WatchConfig,
@@ -145,6 +154,7 @@ def explain_events(
                 ev, result.scores, labels=result.batch.labels, query=watch.query,
                 scope_labels=watch.scope_labels, capacity=[c for c in cap if c["series"] == ev.series_id] or None,
                 kb_search=stages.kb_search, max_candidates=config.explain.max_candidates, now=now,
+                group_by=_group_label(result.batch, ev.series_id),
             )
         )
     explanations = stages.explainer.explain_many(evidences)
@@ -270,9 +280,7 @@ def _rank_incident(result: WatchResult) -> tuple[str, list[dict]] | None:
     if result.batch is None or not result.events:
         return None
     ev = max(result.events, key=lambda e: e.peak_score)
-    labels = result.batch.labels.get(ev.series_id, {})
-    group_by = next((k for k in ("service", "job", "instance") if k in labels and
-                     len({l.get(k) for l in result.batch.labels.values()}) > 1), None)
+    group_by = _group_label(result.batch, ev.series_id)
     try:
         cands = rank_root_causes(result.batch.frame, ev.series_id, pd.Timestamp(ev.start),
                                  labels=result.batch.labels, group_by=group_by, step=result.batch.step, limit=10)

@@ -237,10 +237,12 @@ def candidate_items(
         logger.info("no root-cause ranking: %s", exc)
         return []
     items = []
-    for i, c in enumerate([c for c in ranking if c.series != target or group_by][:limit]):
+    for i, c in enumerate(ranking[:limit]):
+        # The subject itself stays in the ranking: when it moved first, it is where the problem starts.
+        itself = " (the anomalous series itself: it moved first)" if c.series == target and i == 0 else ""
         items.append(EvidenceItem(
             "cause_candidate",
-            f"candidate cause #{i + 1}: {c.name} (score {c.score:.2f}; "
+            f"candidate cause #{i + 1}: {c.name}{itself} (score {c.score:.2f}; "
             + (f"onset {c.onset.isoformat()}" if c.onset is not None else "no clear onset") + ")",
             value=round(float(c.score), 4), unit="score", source=source or c.series, priority=P_CAUSE + i,
             data={"name": c.name, "series": c.series, "onset": c.onset.isoformat() if c.onset is not None else None,

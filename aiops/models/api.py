@@ -149,9 +149,9 @@ def detect_frame(
     differs = ~((own == out["value"].to_numpy()) | (np.isnan(own) & out["value"].isna().to_numpy()))
     if differs.any():
         out.loc[differs, "value"] = own[differs]
-        out.loc[differs, "anomaly_score"] = band_score(
+        out.loc[differs, "anomaly_score"] = np.where(np.isfinite(own[differs]), band_score(
             own[differs], out["yhat"][differs], out["yhat_lower"][differs], out["yhat_upper"][differs]
-        )
+        ), np.nan)
     return out[list(SCORE_COLUMNS)]
 
 

@@ -165,6 +165,8 @@ def causal_scores(
     zr = np.where(np.arange(len(z)) >= burn, z, np.nan)
     q = pd.Series(zr).rolling(window, min_periods=MIN_RESIDUALS).quantile(level).shift(1).to_numpy()
     q = np.maximum(q, 1e-6)
+    # a missed scrape is not evidence of anything: no observation, no score
+    score = np.where(np.isfinite(y), score, np.nan)
     return {"anomaly_score": score, "yhat": pred, "yhat_lower": pred - q * scale, "yhat_upper": pred + q * scale}
 
 

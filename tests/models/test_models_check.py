@@ -36,7 +36,9 @@ def test_model_contract(kind, small_batch, tmp_path):
     sc = model.score(small_batch)
     assert list(sc.columns) == list(SCORE_COLUMNS)
     assert len(sc) == len(small_batch)
-    assert (sc["anomaly_score"] >= 0).all() and sc["anomaly_score"].notna().all()
+    observed = sc["value"].notna()
+    assert (sc.loc[observed, "anomaly_score"] >= 0).all() and sc.loc[observed, "anomaly_score"].notna().all()
+    assert sc.loc[~observed, "anomaly_score"].isna().all(), "a missing observation has no score"
 
     path = model.save(tmp_path / kind)
     assert {p.name for p in path.iterdir()} == {"config.json", "weights.safetensors"}
