@@ -81,7 +81,7 @@ def configure_logging(verbose: int = 0, json_logs: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "niquests", "httpx", "filelock"):
+    for noisy in ("urllib3", "niquests", "httpx", "filelock", "bm25s", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

@@ -87,8 +87,8 @@ def time_to_threshold(
             direction=capacity.direction,
             median_seconds=(med_t - now_ts).total_seconds() if med_t is not None else None,
             conservative_seconds=(con_t - now_ts).total_seconds() if con_t is not None else None,
-            median_time=med_t.to_pydatetime() if med_t is not None else None,
-            conservative_time=con_t.to_pydatetime() if con_t is not None else None,
+            median_time=med_t.floor("us").to_pydatetime() if med_t is not None else None,
+            conservative_time=con_t.floor("us").to_pydatetime() if con_t is not None else None,
             within_horizon=con_t is not None,
             horizon_end=ts.iloc[-1].to_pydatetime(),
         )
