@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.fixtures.binaries import require_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "alert_rules").glob("*.yml"))
 RULE_TESTS = sorted((ROOT / "alert_rules" / "tests").glob("*.yml"))
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+tool = require_binary
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

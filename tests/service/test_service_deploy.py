@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,19 +10,13 @@ import pytest
 import yaml
 
 from aiops.config import load_config
+from tests.fixtures.binaries import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+tool = require_binary
 
 
 def load(rel: str) -> dict:
