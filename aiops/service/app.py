@@ -42,6 +42,9 @@ def create_app(config: AiopsConfig, store: Store | None = None, *, lookback: pd.
     from aiops.service.webhook import create_webhook_blueprint
 
     app.register_blueprint(create_webhook_blueprint())  # /api/v1/alertmanager, /api/v1/dead-letters
+    from aiops.service.ask_api import create_ask_blueprint
+
+    app.register_blueprint(create_ask_blueprint())  # /api/v1/ask
 
     token = config.service.token.get_secret_value() if config.service.token else None
     if token and config.service.read_token_required:
