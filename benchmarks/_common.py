@@ -37,6 +37,16 @@ def machine() -> dict[str, Any]:
         # other work on the machine skews absolute times; ratios from one run hold better
         "load_avg_1m_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+    try:  # the code measured: commit, and whether the model code differed from it
+        import subprocess
+
+        git = ["git", "-C", str(REPO)]
+        info["commit"] = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True,
+                                        text=True, timeout=10).stdout.strip()
+        info["models_dirty"] = bool(subprocess.run(git + ["status", "--porcelain", "aiops/models", "aiops/detect"],
+                                                   capture_output=True, text=True, timeout=10).stdout.strip())
+    except Exception:  # noqa: BLE001 - informational
+        pass
     for mod in ("numpy", "pandas", "torch", "statsforecast"):
         try:
             info[mod] = __import__(mod).__version__

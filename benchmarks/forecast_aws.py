@@ -104,6 +104,7 @@ def main() -> None:
             m = season_length(step)
             h = horizon(y.size, m)
             per_file[fname] = []
+            logger.info("%s: %s (%d points, m=%d, H=%d)", name, fname, y.size, m, h)
             for o in origins(y.size, h):
                 try:
                     yhat, lo, hi = fc(y[:o], grid[:o], step, m, h)

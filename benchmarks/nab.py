@@ -5,6 +5,8 @@
 ``--data`` is a NAB folder (``data/``, ``labels/combined_windows.json``, ``config/profiles.json``).
 Each file is one series, scored causally by ``aiops.models.detect_frame``; two cheap baselines
 (NAB's windowed Gaussian and a rolling robust z-score) run in the same process for context.
+``aiops_onset`` is aiops's scores kept only where they beat the previous day's maximum
+(one alert per incident), to separate re-firing from missed or late detections.
 Scoring is :mod:`aiops.eval.nab` (one threshold per detector and profile, optimised over the files).
 """
 
@@ -53,6 +55,19 @@ def robust_z(frame: pd.DataFrame, window: int = 288) -> np.ndarray:
     return ((x - med).abs() / spread).to_numpy()
 
 
+def onset_only(scores: np.ndarray, ts: pd.Series, hold: str = "1D") -> np.ndarray:
+    """Keep a row's score only when it beats every score of the preceding ``hold`` (causal).
+
+    An alert fires once per incident: repeated high scores right after a higher one are not
+    new detections. NAB counts every row above the threshold, so this shows how much of a
+    detector's loss comes from re-firing rather than from missing or mistiming anomalies.
+    """
+    s = pd.Series(np.nan_to_num(np.asarray(scores, dtype="float64"), nan=-np.inf), index=pd.DatetimeIndex(ts))
+    prev_max = s.shift(1).rolling(hold, min_periods=1).max().to_numpy()
+    out = np.where(np.nan_to_num(prev_max, nan=-np.inf) < s.to_numpy(), s.to_numpy(), 0.0)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
 def aiops_detector(level: float, model: str) -> Detector | None:
     detect_frame = _common.aiops_api("detect_frame")
     if detect_frame is None:
@@ -96,6 +111,9 @@ def main() -> None:
         "windowed_gaussian": windowed_gaussian,
         "robust_z": robust_z,
     }
+    if detectors["aiops"] is not None:
+        base = detectors["aiops"]
+        detectors["aiops_onset"] = lambda f: onset_only(base(f), f["ts"])
     results: dict[str, dict] = {}
     for name in args.detectors.split(","):
         det = detectors.get(name)
