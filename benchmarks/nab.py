@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="NAB folder with data/, labels/, config/")
     ap.add_argument("--limit", type=int, help="first N files only (quick check)")
     ap.add_argument("--only", nargs="*", help="files whose name contains one of these")
-    ap.add_argument("--detectors", default="aiops,windowed_gaussian,robust_z")
+    ap.add_argument("--detectors", default="aiops,aiops_onset,windowed_gaussian,robust_z")
     ap.add_argument("--level", type=float, default=0.8, help="band level passed to detect_frame")
     ap.add_argument("--model", default="auto", help="model passed to detect_frame")
     ap.add_argument("--out", help="write results JSON here")
