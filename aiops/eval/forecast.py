@@ -90,9 +90,13 @@ def score_origin(history: np.ndarray, actual: np.ndarray, yhat: np.ndarray,
 
 def summarize(per_file: dict[str, list[OriginScore]]) -> dict[str, float]:
     """Per-file means over origins, then the geometric and arithmetic MASE means over files."""
-    mase = np.array([np.nanmean([o.mase for o in v]) for v in per_file.values()])
-    cov = np.array([np.nanmean([o.coverage for o in v]) for v in per_file.values()])
-    width = np.array([np.nanmean([o.width for o in v]) for v in per_file.values()])
+    def mean(vals: list[float]) -> float:
+        vals = [v for v in vals if not np.isnan(v)]  # inf (an unbounded band) stays
+        return float(np.mean(vals)) if vals else float("nan")
+
+    mase = np.array([mean([o.mase for o in v]) for v in per_file.values()])
+    cov = np.array([mean([o.coverage for o in v]) for v in per_file.values()])
+    width = np.array([mean([o.width for o in v]) for v in per_file.values()])
     ok = np.isfinite(mase) & (mase > 0)
     return {
         "files": int(ok.sum()),

@@ -96,7 +96,6 @@ def test_window_inside_probation_is_not_scored():
 
 def test_curve_equals_brute_force_scoring_at_every_threshold():
     rng = np.random.default_rng(7)
-    ts = pd.date_range("2020-01-01", periods=300, freq="min", tz="UTC")
     layouts, scores = [], []
     for k in range(3):
         starts = sorted(rng.choice(np.arange(50, 280, 25), size=k + 1, replace=False))
@@ -114,7 +113,7 @@ def test_curve_equals_brute_force_scoring_at_every_threshold():
 
 
 def test_evaluate_optimises_threshold_and_normalises():
-    ts, windows, layout, scores = _file_a()
+    _, _, layout, scores = _file_a()
     res = evaluate({"a.csv": scores}, {"a.csv": layout})
     std = res["standard"]
     assert std.threshold == 0.9
