@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from aiops.errors import NoData, TooManySeries
+from aiops.promql import parse_selector
 from aiops.types import SeriesBatch, empty_frame
 
 if TYPE_CHECKING:
@@ -73,6 +75,44 @@ def align_to_grid(frame: pd.DataFrame, index: pd.DatetimeIndex, step: pd.Timedel
         vals[pos[ok]] = s.to_numpy()[ok]
         out.append(pd.DataFrame({"series_id": sid, "ts": index, "value": vals}))
     return pd.concat(out, ignore_index=True)
+
+
+def select_range(
+    data: SeriesBatch,
+    query: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    step: pd.Timedelta,
+    *,
+    watch: str | None = None,
+    max_series: int | None = None,
+    where: str = "the data",
+    hint: str | None = None,
+) -> SeriesBatch:
+    """Answer a vector-selector range query from series held in memory (file and synthetic
+    sources): select by labels, enforce ``max_series``, put the range on the step grid.
+
+    Raises:
+        BadQuery: not a vector selector. NoData: nothing matches, or no point in the range.
+        TooManySeries: more series match than ``max_series``.
+    """
+    sel = parse_selector(query)
+    ids = [sid for sid, lbls in data.labels.items() if sel.matches(lbls)]
+    if not ids:
+        raise NoData(f"no series in {where} match {query}", watch=watch, query=query, hint=hint)
+    if max_series is not None and len(ids) > max_series:
+        raise TooManySeries(
+            f"query matched {len(ids)} series, more than the limit of {max_series}",
+            count=len(ids), limit=max_series, watch=watch, query=query,
+        )
+    f = data.frame[data.frame["series_id"].isin(ids)]
+    idx = grid(start, end, step)
+    if len(idx):
+        f = f[(f["ts"] >= idx[0] - step) & (f["ts"] <= idx[-1] + step)]
+    frame = align_to_grid(f, idx, step)
+    if frame.empty or frame["value"].notna().sum() == 0:
+        raise NoData(f"series in {where} match {query} but have no points in the range", watch=watch, query=query)
+    return SeriesBatch(frame, {sid: data.labels[sid] for sid in ids}, step, watch)
 
 
 def make_source(config: "AiopsConfig") -> MetricSource:

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aiops.errors import InputError, NoData, TooManySeries
-from aiops.promql import parse_selector
-from aiops.sources.base import align_to_grid, grid
+from aiops.errors import InputError
+from aiops.sources.base import select_range
 from aiops.timeutil import parse_timestamps
 from aiops.types import SeriesBatch, parse_series_id
 
@@ -118,18 +117,5 @@ class FileSource:
         self._load()
 
     def fetch(self, query, start, end, step, *, watch=None, max_series=None) -> SeriesBatch:
-        loaded = self._load()
-        sel = parse_selector(query)
-        ids = [sid for sid, lbls in loaded.batch.labels.items() if sel.matches(lbls)]
-        if not ids:
-            raise NoData(f"no series in {self.path} match {query}", watch=watch, query=query)
-        if max_series is not None and len(ids) > max_series:
-            raise TooManySeries(
-                f"query matched {len(ids)} series, more than the limit of {max_series}",
-                count=len(ids), limit=max_series, watch=watch, query=query,
-            )
-        f = loaded.batch.frame
-        frame = align_to_grid(f[f["series_id"].isin(ids)], grid(start, end, step), step)
-        if frame.empty or frame["value"].notna().sum() == 0:
-            raise NoData(f"series in {self.path} match {query} but have no points in the range", watch=watch, query=query)
-        return SeriesBatch(frame, {sid: loaded.batch.labels[sid] for sid in ids}, step, watch)
+        return select_range(self._load().batch, query, start, end, step, watch=watch,
+                            max_series=max_series, where=str(self.path))

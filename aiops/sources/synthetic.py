@@ -25,9 +25,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from aiops.errors import NoData, TooManySeries
-from aiops.promql import parse_selector
-from aiops.sources.base import align_to_grid, grid
+from aiops.sources.base import grid, select_range
 from aiops.timeutil import parse_duration, parse_time
 from aiops.types import SeriesBatch, series_id
 
@@ -248,24 +246,9 @@ class SyntheticSource:
         return None
 
     def fetch(self, query, start, end, step, *, watch=None, max_series=None) -> SeriesBatch:
-        sel = parse_selector(query)
-        sc = self.scenario
-        ids = [sid for sid, lbls in sc.batch.labels.items() if sel.matches(lbls)]
-        if not ids:
-            raise NoData(
-                f"no synthetic series match {query}", watch=watch, query=query,
-                hint="synthetic metrics: http_requests_per_second, http_requests_total, up, "
-                "http_request_duration_seconds, http_errors_ratio, node_filesystem_avail_bytes",
-            )
-        if max_series is not None and len(ids) > max_series:
-            raise TooManySeries(
-                f"query matched {len(ids)} series, more than the limit of {max_series}",
-                count=len(ids), limit=max_series, watch=watch, query=query,
-            )
-        f = sc.batch.frame
-        f = f[f["series_id"].isin(ids)]
-        idx = grid(start, end, step)
-        frame = align_to_grid(f[(f["ts"] >= idx[0] - step) & (f["ts"] <= idx[-1] + step)], idx, step) if len(idx) else f.iloc[:0]
-        if frame.empty or frame["value"].notna().sum() == 0:
-            raise NoData(f"synthetic series match {query} but have no points in the range", watch=watch, query=query)
-        return SeriesBatch(frame, {sid: sc.batch.labels[sid] for sid in ids}, step, watch)
+        return select_range(
+            self.scenario.batch, query, start, end, step, watch=watch, max_series=max_series,
+            where=f"the synthetic {self.scenario_name} scenario",
+            hint="synthetic metrics: http_requests_per_second, http_requests_total, up, "
+            "http_request_duration_seconds, http_errors_ratio, node_filesystem_avail_bytes",
+        )
