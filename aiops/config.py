@@ -76,12 +76,18 @@ def _duration(v: Any) -> Duration:
     return Duration(str(v).strip())
 
 
-def _read_secret_file(path: str, field_name: str) -> SecretStr:
-    p = Path(path).expanduser()
-    try:
-        return SecretStr(p.read_text().strip())
-    except OSError as exc:
-        raise ValueError(f"{field_name}_file: cannot read {p}: {exc.strerror}") from exc
+def _resolve_secret(model: BaseModel, name: str) -> None:
+    """Fill secret ``name`` from ``<name>_file`` when that is set; both set is an error."""
+    path = getattr(model, f"{name}_file")
+    if getattr(model, name) is not None and path:
+        raise ValueError(f"set {name} or {name}_file, not both")
+    if path:
+        p = Path(path).expanduser()
+        try:
+            secret = SecretStr(p.read_text().strip())
+        except OSError as exc:
+            raise ValueError(f"{name}_file: cannot read {p}: {exc.strerror}") from exc
+        object.__setattr__(model, name, secret)
 
 
 class BasicAuth(_Model):
@@ -91,10 +97,7 @@ class BasicAuth(_Model):
 
     @model_validator(mode="after")
     def _resolve(self) -> "BasicAuth":
-        if self.password is not None and self.password_file:
-            raise ValueError("set password or password_file, not both")
-        if self.password_file:
-            object.__setattr__(self, "password", _read_secret_file(self.password_file, "password"))
+        _resolve_secret(self, "password")
         if self.password is None:
             raise ValueError("basic_auth needs password or password_file")
         return self
@@ -130,12 +133,7 @@ class PrometheusConfig(_Model):
 
     @model_validator(mode="after")
     def _auth(self) -> "PrometheusConfig":
-        if self.bearer_token is not None and self.bearer_token_file:
-            raise ValueError("set bearer_token or bearer_token_file, not both")
-        if self.bearer_token_file:
-            object.__setattr__(
-                self, "bearer_token", _read_secret_file(self.bearer_token_file, "bearer_token")
-            )
+        _resolve_secret(self, "bearer_token")
         if self.bearer_token is not None and self.basic_auth is not None:
             raise ValueError("set bearer_token or basic_auth, not both")
         return self
@@ -164,10 +162,7 @@ class GrafanaConfig(_Model):
 
     @model_validator(mode="after")
     def _token(self) -> "GrafanaConfig":
-        if self.token is not None and self.token_file:
-            raise ValueError("set token or token_file, not both")
-        if self.token_file:
-            object.__setattr__(self, "token", _read_secret_file(self.token_file, "token"))
+        _resolve_secret(self, "token")
         return self
 
 
@@ -290,10 +285,7 @@ class OpenAIBackendConfig(_Model):
 
     @model_validator(mode="after")
     def _key(self) -> "OpenAIBackendConfig":
-        if self.api_key is not None and self.api_key_file:
-            raise ValueError("set api_key or api_key_file, not both")
-        if self.api_key_file:
-            object.__setattr__(self, "api_key", _read_secret_file(self.api_key_file, "api_key"))
+        _resolve_secret(self, "api_key")
         return self
 
 
@@ -337,10 +329,7 @@ class ServiceConfig(_Model):
 
     @model_validator(mode="after")
     def _token(self) -> "ServiceConfig":
-        if self.token is not None and self.token_file:
-            raise ValueError("set token or token_file, not both")
-        if self.token_file:
-            object.__setattr__(self, "token", _read_secret_file(self.token_file, "token"))
+        _resolve_secret(self, "token")
         return self
 
 
