@@ -68,17 +68,13 @@ class Scenario:
     graph: dict[str, list[str]]
 
 
-def _callers(graph: dict[str, list[str]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {s: [] for s in graph}
+def propagation_hops(graph: dict[str, list[str]], root: str) -> dict[str, int]:
+    """Services a problem at ``root`` reaches (itself and its transitive callers) and after how
+    many call-graph hops; ``graph`` maps each caller to its callees."""
+    up: dict[str, list[str]] = {s: [] for s in graph}
     for caller, callees in graph.items():
         for c in callees:
-            out[c].append(caller)
-    return out
-
-
-def _hops_up(graph: dict[str, list[str]], root: str) -> dict[str, int]:
-    """Services affected by a problem at ``root`` (itself and its transitive callers), by hops."""
-    up = _callers(graph)
+            up[c].append(caller)
     hops, frontier = {root: 0}, [root]
     while frontier:
         nxt = []
@@ -135,7 +131,7 @@ def generate_scenario(
         dur = int(rng.integers(6, 13))  # 30-60 min at 5m
         end_i = min(start_i + dur, n - 1)
         inc = Incident(root, "latency", index[start_i], index[end_i])
-        hops = _hops_up(SHOP_GRAPH, root)
+        hops = propagation_hops(SHOP_GRAPH, root)
         magnitude = 6.0 * _BASE_LATENCY[root] + 0.08
         extra_latency[root][start_i:end_i + 1] = magnitude
         for svc, h in hops.items():

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from aiops.cli import cli
 from aiops.errors import InputError
 from aiops.explain.rca import RcaParams, ServiceGraph, rank_root_causes
+from aiops.sources.synthetic import propagation_hops
 from aiops.types import series_id
 
 GRAPH = {"front": ["api"], "api": ["db", "cache"], "db": [], "cache": []}
@@ -25,16 +26,7 @@ def incident_frame(root: str = "db", n: int = 300, start: int = 280, seed: int =
     later per hop. ``chronic`` is a service whose latency is off since long before the incident."""
     rng = np.random.default_rng(seed)
     ts = T0 + STEP * np.arange(n)
-    callers = {s: [c for c, cs in GRAPH.items() if s in cs] for s in GRAPH}
-    hops, frontier = {root: 0}, [root]
-    while frontier:
-        nxt = []
-        for s in frontier:
-            for c in callers[s]:
-                if c not in hops:
-                    hops[c] = hops[s] + 1
-                    nxt.append(c)
-        frontier = nxt
+    hops = propagation_hops(GRAPH, root)
     rows = []
     for svc in GRAPH:
         lat = 0.05 * np.exp(0.05 * rng.standard_normal(n))
