@@ -392,12 +392,16 @@ def _param(name: str, default: str | None = None) -> str | None:
     return default if v in (None, "") else v
 
 
+def _default_or_missing(name: str, default):
+    if default is None:
+        raise QueryError(f'invalid parameter "{name}": missing')
+    return default
+
+
 def _time_param(name: str, default: pd.Timestamp | None = None) -> pd.Timestamp:
     raw = _param(name)
     if raw is None:
-        if default is None:
-            raise QueryError(f'invalid parameter "{name}": missing')
-        return default
+        return _default_or_missing(name, default)
     try:
         return parse_time(float(raw)) if re.fullmatch(r"[+-]?\d+(\.\d+)?([eE][+-]?\d+)?", raw) else parse_time(raw)
     except (InputError, ValueError, OverflowError):
@@ -407,9 +411,7 @@ def _time_param(name: str, default: pd.Timestamp | None = None) -> pd.Timestamp:
 def _duration_param(name: str, default: pd.Timedelta | None = None) -> pd.Timedelta:
     raw = _param(name)
     if raw is None:
-        if default is None:
-            raise QueryError(f'invalid parameter "{name}": missing')
-        return default
+        return _default_or_missing(name, default)
     try:
         return parse_duration(raw)
     except ValueError:
