@@ -179,8 +179,7 @@ def fetch_cmd(config_file: str | None, watch_name: str, end: str, history: str |
 
     cfg = load_config_or_exit(config_file)
     watch = cfg.watch(watch_name)
-    end_ts = parse_time(end) if config_file or cfg.source.kind != "synthetic" else None
-    batch = fetch_watch(cfg, watch, end=end_ts, history=parse_duration(history) if history else None)
+    batch = fetch_watch(cfg, watch, end=parse_time(end), history=parse_duration(history) if history else None)
     f = batch.frame
     if as_json:
         out = []
