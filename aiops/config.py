@@ -305,6 +305,9 @@ class ExplainConfig(_Model):
     kb_index_dir: str = Field("aiops-output/kb", description="Where the BM25 index is kept.")
     max_candidates: int = Field(5, ge=1, le=50)
     service_graph: str | None = Field(None, description="Adjacency-matrix CSV of service calls.")
+    recent: Duration = Field(
+        Duration("1d"), description="Scheduled runs explain only events ongoing or ended within this window."
+    )
 
 
 class ServiceConfig(_Model):
@@ -326,6 +329,9 @@ class ServiceConfig(_Model):
     max_attempts: int = Field(5, ge=1, le=100, description="Explain attempts before an alert is dead-lettered.")
     retry_backoff: Duration = Field(Duration("5s"), description="First retry delay; doubles each attempt.")
     lease: Duration = Field(Duration("60s"), description="How long a worker's claim or the scheduler lead lasts.")
+    scheduler_required: bool = Field(
+        True, description="/readyz fails while no scheduler holds a live lease; false where none runs."
+    )
 
     @model_validator(mode="after")
     def _token(self) -> "ServiceConfig":

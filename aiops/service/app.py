@@ -25,7 +25,7 @@ def create_app(config: AiopsConfig, store: Store | None = None, *, lookback: pd.
         store: an open store; default: open ``config.store.url``.
         lookback: how far back the read API looks for a sample at each evaluation time.
 
-    Routes: ``/prometheus/api/v1/*`` (Prometheus-compatible read API), ``/metrics``.
+    Routes: ``/prometheus/api/v1/*`` (Prometheus-compatible read API), ``/metrics``, ``/healthz``, ``/readyz``.
     """
     from aiops.service.metrics import create_metrics_view
     from aiops.service.promapi import create_blueprint
@@ -45,6 +45,9 @@ def create_app(config: AiopsConfig, store: Store | None = None, *, lookback: pd.
     from aiops.service.ask_api import create_ask_blueprint
 
     app.register_blueprint(create_ask_blueprint())  # /api/v1/ask
+    from aiops.service.health import create_health_blueprint
+
+    app.register_blueprint(create_health_blueprint())  # /healthz, /readyz (no token: probes carry none)
 
     token = config.service.token.get_secret_value() if config.service.token else None
     if token and config.service.read_token_required:
