@@ -1,0 +1,231 @@
+"""The web UI at /ui through Flask's test client: pages, escaping of hostile text, headers."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aiops.config import AiopsConfig
+from aiops.outputs import write_outputs
+from aiops.service.app import create_app
+from aiops.service.inbox import Inbox
+from aiops.service.ui import source_series_id
+from aiops.store import Store
+from aiops.types import AnomalyEvent, series_id
+
+WATCH = "checkout-latency"
+HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
+SOURCE = {"__name__": "http_request_duration_seconds", "service": "checkout", "instance": "api-1:8080"}
+SID = series_id(SOURCE)
+START = datetime(2026, 11, 20, tzinfo=timezone.utc)
+
+
+@dataclass
+class Seeded:
+    store: Store
+    config: AiopsConfig
+    event_id: int
+    explanation_id: int
+    alert_explanation_id: int
+    dead_id: int
+
+
+def ui_config(**service) -> AiopsConfig:
+    return AiopsConfig.model_validate({
+        "watches": [{"name": WATCH, "query": "http_request_duration_seconds", "step": "5m", "history": "1d", "horizon": "2h"}],
+        "service": service,
+    })
+
+
+def seed_store(store: Store) -> Seeded:
+    """A watch's output series, an explained event, an explained alert and a dead letter.
+
+    The event's labels, the explanation and the alert carry hostile HTML, as untrusted
+    alert and LLM text can.
+    """
+    ts = pd.date_range(START, periods=288, freq="5min")
+    t = np.arange(len(ts))
+    yhat = 0.3 + 0.05 * np.sin(t / 288 * 2 * np.pi)
+    score = np.abs(np.random.default_rng(0).normal(0, 0.3, len(ts)))
+    score[250:262] = np.linspace(2, 6, 12)
+    sid2 = series_id({**SOURCE, "instance": f"api-2:8080 {HOSTILE}"})
+    labels = {SID: SOURCE, sid2: {**SOURCE, "instance": f"api-2:8080 {HOSTILE}"}}
+    scores = pd.concat([
+        pd.DataFrame({"series_id": s, "ts": ts, "anomaly_score": score, "yhat": yhat, "yhat_lower": yhat - 0.1, "yhat_upper": yhat + 0.1})
+        for s in labels
+    ])
+    fts = pd.date_range(ts[-1] + pd.Timedelta("5min"), periods=24, freq="5min")
+    forecast = pd.DataFrame({"series_id": SID, "ts": fts, "yhat": 0.3, "yhat_lower": 0.2, "yhat_upper": 0.4})
+    write_outputs(store, WATCH, labels, scores=scores, forecast=forecast)
+
+    ev = AnomalyEvent(
+        watch=WATCH, series_id=SID, start=ts[250].to_pydatetime(), end=None, peak_time=ts[261].to_pydatetime(),
+        peak_score=6.0, severity="critical", direction="spike", observed=0.92, expected=0.3,
+        expected_lower=0.2, expected_upper=0.4, labels={**SOURCE, "team": HOSTILE},
+    )
+    event_id = store.upsert_event(ev)
+    explanation_id = store.add_explanation(
+        subject_kind="event", subject_ref=f"event:{event_id}", watch=WATCH, backend="template",
+        evidence={"items": []},
+        explanation={"title": "Latency spike on checkout", "summary": f"Latency rose 3x. {HOSTILE}",
+                     "causes": [{"name": "db", "confidence": 0.7, "reason": HOSTILE}], "next_checks": [HOSTILE]},
+        markdown="**Latency spike**",
+    )
+
+    inbox = Inbox(store)
+    alert = {
+        "status": "firing", "fingerprint": "6c7fcba3be00a962", "startsAt": "2026-11-21T14:01:30Z",
+        "labels": {"alertname": "HighRequestLatency", "service": "checkout"},
+        "annotations": {"summary": f"High latency {HOSTILE}"},
+    }
+    dead = {**alert, "fingerprint": "00000000000000dd", "labels": {"alertname": "DiskFull", "instance": "db-1"}}
+    inbox.add([alert, dead])
+    item = inbox.claim("w1", lease=60, max_attempts=1)
+    alert_explanation_id = inbox.complete(item, "w1", {
+        "backend": "template", "explanation": {"title": "Checkout slow", "summary": f"Because of db. {HOSTILE}"},
+        "markdown": "x",
+    })
+    item = inbox.claim("w1", lease=60, max_attempts=1)
+    inbox.fail(item, "w1", f"explainer crashed {HOSTILE}", max_attempts=1, backoff=1)
+    return Seeded(store, None, event_id, explanation_id, alert_explanation_id, item.id)
+
+
+@pytest.fixture
+def seeded(tmp_path) -> Seeded:
+    s = seed_store(Store.open(f"sqlite:///{tmp_path}/aiops.db"))
+    s.config = ui_config()
+    return s
+
+
+@pytest.fixture
+def client(seeded):
+    return create_app(seeded.config, seeded.store).test_client()
+
+
+def assert_safe(html: str) -> None:
+    """No hostile markup came through; its escaped form did."""
+    assert "<script>alert" not in html
+    assert "<img src=x" not in html
+    assert not re.search(r"<script(?![^>]*\bsrc=\"/ui/static/)(?![^>]*type=\"application/json\")", html)
+    assert " on" + "click=" not in html.lower()
+
+
+def test_index_lists_the_event_with_its_explanation_and_feedback_buttons(client, seeded):
+    resp = client.get("/ui/")
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert f'id="event-{seeded.event_id}"' in html
+    assert "Latency spike on checkout" in html
+    assert f'data-explanation="{seeded.explanation_id}"' in html
+    for verdict in ("accept", "reject", "edit"):
+        assert f'data-verdict="{verdict}"' in html
+    assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in html
+    assert_safe(html)
+
+
+def test_pages_carry_a_csp_that_allows_scripts_from_this_origin_only(client):
+    for path in ("/ui/", "/ui/watches", f"/ui/watches/{WATCH}", "/ui/alerts"):
+        resp = client.get(path)
+        assert resp.status_code == 200, path
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Cache-Control"] == "no-store"
+
+
+def test_the_token_never_reaches_a_page(tmp_path):
+    store = Store.open(f"sqlite:///{tmp_path}/aiops.db")
+    seed_store(store)
+    client = create_app(ui_config(token="s3cret-token-value"), store).test_client()
+    for path in ("/ui/", "/ui/watches", f"/ui/watches/{WATCH}", "/ui/alerts", "/ui/static/ui.js"):
+        resp = client.get(path)
+        assert resp.status_code == 200
+        assert "s3cret-token-value" not in resp.get_data(as_text=True)
+
+
+def test_watches_page_links_the_chart(client):
+    html = client.get("/ui/watches").get_data(as_text=True)
+    assert f'href="/ui/watches/{WATCH}"' in html
+    assert "http_request_duration_seconds" in html
+
+
+def test_watch_page_embeds_the_figure_with_band_score_and_event(client):
+    resp = client.get(f"/ui/watches/{WATCH}")
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    raw = re.search(r'<script type="application/json" id="figure-data">(.*?)</script>', html, re.S).group(1)
+    fig = json.loads(raw)
+    names = [tr.get("name") for tr in fig["data"]]
+    assert "forecast band" in names and "score" in names and "events" in names
+    assert len(fig["layout"]["shapes"]) == 1  # the event's span
+    assert '<script src="/ui/static/plotly.min.js">' in html
+    assert_safe(html)
+
+
+def test_watch_page_picks_a_series_and_escapes_hostile_series_ids(client):
+    html = client.get(f"/ui/watches/{WATCH}").get_data(as_text=True)
+    assert "api-2:8080 &lt;script&gt;" in html  # the second series is listed, escaped
+    hostile_sid = series_id({**SOURCE, "instance": f"api-2:8080 {HOSTILE}"})
+    resp = client.get(f"/ui/watches/{WATCH}", query_string={"series": hostile_sid})
+    assert resp.status_code == 200
+    assert_safe(resp.get_data(as_text=True))
+
+
+def test_unknown_watch_or_series_is_a_clear_404(client):
+    resp = client.get("/ui/watches/nope")
+    assert resp.status_code == 404
+    assert "no output series stored for watch &#39;nope&#39;" in resp.get_data(as_text=True)
+    resp = client.get(f"/ui/watches/{WATCH}", query_string={"series": HOSTILE})
+    assert resp.status_code == 404
+    assert "pick one from the list" in resp.get_data(as_text=True)
+    assert_safe(resp.get_data(as_text=True))
+
+
+def test_alerts_page_shows_inbox_explanation_and_dead_letter(client, seeded):
+    html = client.get("/ui/alerts").get_data(as_text=True)
+    assert "HighRequestLatency" in html and "Checkout slow" in html
+    assert f'data-explanation="{seeded.alert_explanation_id}"' in html
+    assert f'id="dead-{seeded.dead_id}"' in html and f'data-id="{seeded.dead_id}"' in html
+    assert "explainer crashed &lt;script&gt;" in html
+    assert_safe(html)
+
+
+def test_plotly_is_served_locally(client):
+    resp = client.get("/ui/static/plotly.min.js")
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/javascript"
+    assert b"plotly" in resp.get_data()[:2000].lower()
+    resp.close()
+
+
+def test_read_token_required_refuses_pages_with_the_reason(tmp_path):
+    store = Store.open(f"sqlite:///{tmp_path}/aiops.db")
+    client = create_app(ui_config(token="t0ken-abc", read_token_required=True), store).test_client()
+    resp = client.get("/ui/")
+    assert resp.status_code == 401
+    assert "read_token_required" in resp.get_data(as_text=True)
+    assert client.get("/ui/", headers={"Authorization": "Bearer t0ken-abc"}).status_code == 200
+
+
+def test_empty_store_renders_guidance(tmp_path):
+    client = create_app(ui_config(), Store.open(f"sqlite:///{tmp_path}/aiops.db")).test_client()
+    assert "No anomaly events stored yet" in client.get("/ui/").get_data(as_text=True)
+    assert "No alerts received" in client.get("/ui/alerts").get_data(as_text=True)
+    assert client.get(f"/ui/watches/{WATCH}").status_code == 404
+
+
+@pytest.mark.parametrize("labels", [
+    SOURCE,
+    {"__name__": "up", "watch": "clash", "bound": "b", "job": "x"},
+    {"instance": "no-name"},
+])
+def test_source_series_id_inverts_output_labels(labels):
+    from aiops.outputs import ANOMALY_SCORE, output_labels
+
+    assert source_series_id(output_labels(labels, ANOMALY_SCORE, WATCH)) == series_id(labels)
