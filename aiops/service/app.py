@@ -45,6 +45,9 @@ def create_app(config: AiopsConfig, store: Store | None = None, *, lookback: pd.
     from aiops.service.ask_api import create_ask_blueprint
 
     app.register_blueprint(create_ask_blueprint())  # /api/v1/ask
+    from aiops.service.ui import create_ui_blueprint
+
+    app.register_blueprint(create_ui_blueprint(), url_prefix="/ui")  # web pages; writes go through /api/v1
     from aiops.service.health import create_health_blueprint
 
     app.register_blueprint(create_health_blueprint())  # /healthz, /readyz (no token: probes carry none)
