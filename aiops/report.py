@@ -69,6 +69,8 @@ def watch_figure(result: "WatchResult", *, threshold: float | None = None) -> An
         fig.add_hline(y=threshold, line=dict(color="red", dash="dash", width=1), row=2, col=1)
     shown = sorted(result.events, key=lambda e: -e.peak_score)[:MAX_EVENTS_DRAWN]
     last = frame["ts"].max() if not frame.empty else None
+    if last is None and result.scores is not None and not result.scores.empty:
+        last = result.scores["ts"].max()  # no observed frame (the UI draws from stored outputs)
     shapes = [
         dict(type="rect", xref="x", yref="paper", x0=ev.start, x1=ev.end or last or ev.start, y0=0, y1=1,
              fillcolor="red", opacity=0.12, line_width=0)

@@ -163,7 +163,8 @@ def test_watch_page_embeds_the_figure_with_band_score_and_event(client):
     fig = json.loads(raw)
     names = [tr.get("name") for tr in fig["data"]]
     assert "forecast band" in names and "score" in names and "events" in names
-    assert len(fig["layout"]["shapes"]) == 1  # the event's span
+    (span,) = fig["layout"]["shapes"]  # the ongoing event's span reaches the newest score
+    assert pd.Timestamp(span["x1"]) - pd.Timestamp(span["x0"]) == pd.Timedelta("185min")  # ts[250] .. ts[287]
     assert '<script src="/ui/static/plotly.min.js">' in html
     assert_safe(html)
 
