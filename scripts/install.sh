@@ -26,12 +26,14 @@ if [[ $want_test == 1 ]]; then
   command -v promtool >/dev/null || need+=(prometheus)
   command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
   command -v amtool >/dev/null || need+=(prometheus-alertmanager)
+  command -v chromium >/dev/null || need+=(chromium)  # the /ui browser tests
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
   if (( ${#need[@]} )); then
     echo "==> installing Debian packages: ${need[*]}"
     SUDO=""
     [[ $(id -u) != 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 else
   echo "==> installing aiops"
