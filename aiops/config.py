@@ -122,6 +122,12 @@ class PrometheusConfig(_Model):
     )
     retries: int = Field(3, ge=0, le=20, description="Retries on timeouts and connection errors.")
     backoff: Duration = Field(Duration("0.5s"), description="First retry delay; doubles each try.")
+    max_series_per_query: int = Field(
+        1000, ge=1, description="With a watch's split_by: most series one split query may return."
+    )
+    max_concurrency: int = Field(
+        4, ge=1, le=64, description="Most requests in flight to this Prometheus at once (split queries)."
+    )
 
 
     @field_validator("url")
@@ -245,6 +251,11 @@ class WatchConfig(_Model):
     fit_every: Duration = Duration("6h")
     infer_every: Duration = Duration("5m")
     max_series: int = Field(1000, ge=1, description="Refuse queries matching more series.")
+    split_by: str | None = Field(
+        None,
+        description="Label to split the query by (e.g. instance) so no single query returns more "
+        "than prometheus.max_series_per_query series; Prometheus sources only.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     capacity: CapacityConfig | None = None
@@ -257,6 +268,13 @@ class WatchConfig(_Model):
     )
     dashboard: bool = True
 
+
+    @field_validator("split_by")
+    @classmethod
+    def _split_by(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", v):
+            raise ValueError(f"must be a label name like instance, got {v!r}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -339,6 +357,31 @@ class ServiceConfig(_Model):
         return self
 
 
+class ExecutorConfig(_Model):
+    """Where fit and inference run: this process, or shards of series as Ray tasks."""
+
+    kind: Literal["local", "ray"] = Field(
+        "local", description="local: this process (GPU if present); ray: shards as Ray tasks."
+    )
+    address: str | None = Field(
+        None, description="Ray cluster address (ray://head:10001 or auto); unset = start a local Ray."
+    )
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each Ray shard task requests.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs each Ray shard task requests (fractions share one).")
+    shard_size: int = Field(
+        1000, ge=1, description="Series per shard; shards are by a stable hash of the series id, "
+        "in both executors, so results do not depend on the executor.",
+    )
+    max_in_flight: int = Field(8, ge=1, le=1024, description="Most shard tasks submitted and not yet collected.")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries of a shard whose Ray worker died.")
+
+    @model_validator(mode="after")
+    def _address(self) -> "ExecutorConfig":
+        if self.address is not None and self.kind != "ray":
+            raise ValueError("address is only used with kind: ray")
+        return self
+
+
 class AiopsConfig(_Model):
     """The whole configuration file."""
 
@@ -349,6 +392,7 @@ class AiopsConfig(_Model):
     watches: list[WatchConfig] = Field(default_factory=list, description="The queries aiops forecasts and watches.")
     explain: ExplainConfig = Field(default_factory=ExplainConfig, description="Evidence, root-cause ranking and the LLM backend.")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="The HTTP API, webhook and read API.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where fit and inference run: local or Ray.")
     output_dir: str = Field("aiops-output", description="Where reports and files are written.")
 
     @model_validator(mode="after")
