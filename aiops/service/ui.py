@@ -27,11 +27,12 @@ import pandas as pd
 import sqlalchemy as sa
 from flask import Blueprint, Response, abort, current_app, render_template, request, send_file
 
-from aiops.errors import StoreError
+from aiops.config import WatchConfig
+from aiops.errors import AiopsError, StoreError
 from aiops.outputs import ADDED_LABELS, ANOMALY_SCORE, FORECAST, output_labels
 from aiops.service.auth import read_denied
 from aiops.store import Store, _utc, alert_inbox, explanations, feedback, output_points, output_series
-from aiops.types import AnomalyEvent, parse_series_id, series_id
+from aiops.types import AnomalyEvent, SeriesBatch, parse_series_id, series_id
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +125,11 @@ def create_ui_blueprint() -> Blueprint:
         if chosen not in series:
             abort(404, description=f"watch {watch!r} has no series {chosen!r}; pick one from the list")
         cfg = next((w for w in config.watches if w.name == watch), None)
-        window = (cfg.history.td + cfg.horizon.td) if cfg is not None else DEFAULT_WINDOW
-        figure = _series_figure(store, watch, chosen, [e for e in events if e.series_id == chosen], window)
+        mine = [e for e in events if e.series_id == chosen]
+        figure, observed_note = _series_figure(store, cfg, watch, chosen, mine)
         return render_template(
             "ui/watch.html", page="watches", watch=watch, series=series, chosen=chosen, figure=figure,
-            events=[e for e in events if e.series_id == chosen],
+            events=mine, observed_note=observed_note,
         )
 
     @bp.get("/alerts")
@@ -265,20 +266,51 @@ def _series_frames(store: Store, watch: str, sid: str, window: pd.Timedelta) -> 
     return forecast, scores
 
 
-def _series_figure(store: Store, watch: str, sid: str, events: list[AnomalyEvent], window: pd.Timedelta) -> dict:
-    """The plotly figure (as JSON-ready dict) of one series, built by :func:`aiops.report.watch_figure`."""
+def _observed(cfg: WatchConfig | None, sid: str, since: pd.Timestamp, until: pd.Timestamp) -> tuple[SeriesBatch | None, str | None]:
+    """The observed values of one series from the watch's source, or None and why not."""
+    if cfg is None:
+        return None, "the watch is not in the configuration, so its query is unknown"
+    until = min(until, pd.Timestamp.now(tz="UTC"))
+    if until <= since:
+        return None, "the chart lies in the future"
+    ext = _ext()
+    try:
+        if "source" not in ext:  # shared with the API; built once per app
+            from aiops.sources.base import make_source
+
+            ext["source"] = make_source(ext["config"])
+        batch = ext["source"].fetch(cfg.query, since, until, cfg.step.td, watch=cfg.name, max_series=cfg.max_series)
+    except AiopsError as exc:
+        logger.warning("ui: observed values of %s unavailable: %s", cfg.name, exc)
+        return None, str(exc)
+    frame = batch.frame[batch.frame["series_id"] == sid].dropna(subset=["value"])
+    if frame.empty:
+        return None, "the source returned no values for this series in the chart's window"
+    return SeriesBatch(frame, {sid: batch.labels.get(sid, {})}, step=batch.step, watch=cfg.name), None
+
+
+def _series_figure(
+    store: Store, cfg: WatchConfig | None, watch: str, sid: str, events: list[AnomalyEvent]
+) -> tuple[dict, str | None]:
+    """One series' plotly figure (JSON-ready, built by :func:`aiops.report.watch_figure`) and,
+    when the observed values could not be drawn, why."""
     from types import SimpleNamespace
 
     from aiops.pipeline import WatchResult
     from aiops.report import watch_figure
 
+    window = (cfg.history.td + cfg.horizon.td) if cfg is not None else DEFAULT_WINDOW
     forecast, scores = _series_frames(store, watch, sid, window)
+    stamps = [f["ts"] for f in (forecast, scores) if f is not None and len(f)]
+    batch, note = (None, "nothing stored") if not stamps else _observed(
+        cfg, sid, min(t.min() for t in stamps), max(t.max() for t in stamps)
+    )
     expl = _explanations_for(store, [f"event:{e.id}" for e in events], kind="event")
     result = WatchResult(
-        watch=watch, forecast=forecast, scores=scores, events=events,
+        watch=watch, batch=batch, forecast=forecast, scores=scores, events=events,
         explanations={e.id: SimpleNamespace(summary=expl[f"event:{e.id}"]["summary"]) for e in events if f"event:{e.id}" in expl},
     )
-    return json.loads(watch_figure(result).to_json())
+    return json.loads(watch_figure(result).to_json()), note
 
 
 def _labels_text(ev: AnomalyEvent) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timezone
 
 import numpy as np
@@ -36,15 +37,18 @@ class Seeded:
     dead_id: int
 
 
-def ui_config(**service) -> AiopsConfig:
+def ui_config(folder: Path, **service) -> AiopsConfig:
+    """The test watch over the observed values :func:`seed_store` wrote to ``folder``."""
     return AiopsConfig.model_validate({
+        "source": {"kind": "file", "file": {"path": str(folder / "observed.csv")}},
         "watches": [{"name": WATCH, "query": "http_request_duration_seconds", "step": "5m", "history": "1d", "horizon": "2h"}],
         "service": service,
     })
 
 
-def seed_store(store: Store) -> Seeded:
-    """A watch's output series, an explained event, an explained alert and a dead letter.
+def seed_store(store: Store, folder: Path) -> Seeded:
+    """A watch's output series and observed values (``folder/observed.csv``, first series only),
+    an explained event, an explained alert and a dead letter.
 
     The event's labels, the explanation and the alert carry hostile HTML, as untrusted
     alert and LLM text can.
@@ -52,8 +56,14 @@ def seed_store(store: Store) -> Seeded:
     ts = pd.date_range(START, periods=288, freq="5min")
     t = np.arange(len(ts))
     yhat = 0.3 + 0.05 * np.sin(t / 288 * 2 * np.pi)
-    score = np.abs(np.random.default_rng(0).normal(0, 0.3, len(ts)))
+    rng = np.random.default_rng(0)
+    score = np.abs(rng.normal(0, 0.3, len(ts)))
     score[250:262] = np.linspace(2, 6, 12)
+    observed = yhat + rng.normal(0, 0.03, len(ts))
+    observed[250:262] = np.linspace(0.5, 0.92, 12)
+    pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "series": SID, "value": observed}).to_csv(
+        folder / "observed.csv", index=False
+    )
     sid2 = series_id({**SOURCE, "instance": f"api-2:8080 {HOSTILE}"})
     labels = {SID: SOURCE, sid2: {**SOURCE, "instance": f"api-2:8080 {HOSTILE}"}}
     scores = pd.concat([
@@ -98,8 +108,8 @@ def seed_store(store: Store) -> Seeded:
 
 @pytest.fixture
 def seeded(tmp_path) -> Seeded:
-    s = seed_store(Store.open(f"sqlite:///{tmp_path}/aiops.db"))
-    s.config = ui_config()
+    s = seed_store(Store.open(f"sqlite:///{tmp_path}/aiops.db"), tmp_path)
+    s.config = ui_config(tmp_path)
     return s
 
 
@@ -141,8 +151,8 @@ def test_pages_carry_a_csp_that_allows_scripts_from_this_origin_only(client):
 
 def test_the_token_never_reaches_a_page(tmp_path):
     store = Store.open(f"sqlite:///{tmp_path}/aiops.db")
-    seed_store(store)
-    client = create_app(ui_config(token="s3cret-token-value"), store).test_client()
+    seed_store(store, tmp_path)
+    client = create_app(ui_config(tmp_path, token="s3cret-token-value"), store).test_client()
     for path in ("/ui/", "/ui/watches", f"/ui/watches/{WATCH}", "/ui/alerts", "/ui/static/ui.js"):
         resp = client.get(path)
         assert resp.status_code == 200
@@ -155,14 +165,30 @@ def test_watches_page_links_the_chart(client):
     assert "http_request_duration_seconds" in html
 
 
-def test_watch_page_embeds_the_figure_with_band_score_and_event(client):
+def plotly_values(v) -> np.ndarray:
+    """A trace's values as plotly.py serialises them: a list, or a typed array in base64."""
+    if isinstance(v, dict):
+        import base64
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.array([np.nan if x is None else x for x in v], dtype=float)
+
+
+def figure_of(html: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="figure-data">(.*?)</script>', html, re.S).group(1))
+
+
+def test_watch_page_embeds_the_figure_with_observed_band_score_and_event(client):
     resp = client.get(f"/ui/watches/{WATCH}")
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
-    raw = re.search(r'<script type="application/json" id="figure-data">(.*?)</script>', html, re.S).group(1)
-    fig = json.loads(raw)
+    fig = figure_of(html)
     names = [tr.get("name") for tr in fig["data"]]
     assert "forecast band" in names and "score" in names and "events" in names
+    observed = fig["data"][0]  # watch_figure draws the observed line first
+    assert observed["legendgroup"] == SID
+    assert np.isfinite(plotly_values(observed["y"])).sum() == len(observed["x"]) == 288  # the file's points
+    assert "Observed values not drawn" not in html
     (span,) = fig["layout"]["shapes"]  # the ongoing event's span reaches the newest score
     assert pd.Timestamp(span["x1"]) - pd.Timestamp(span["x0"]) == pd.Timedelta("185min")  # ts[250] .. ts[287]
     assert '<script src="/ui/static/plotly.min.js">' in html
@@ -175,7 +201,16 @@ def test_watch_page_picks_a_series_and_escapes_hostile_series_ids(client):
     hostile_sid = series_id({**SOURCE, "instance": f"api-2:8080 {HOSTILE}"})
     resp = client.get(f"/ui/watches/{WATCH}", query_string={"series": hostile_sid})
     assert resp.status_code == 200
-    assert_safe(resp.get_data(as_text=True))
+    html = resp.get_data(as_text=True)
+    assert "Observed values not drawn: the source returned no values for this series" in html
+    assert_safe(html)
+
+
+def test_an_unreadable_source_leaves_the_chart_and_says_why(seeded, tmp_path):
+    (tmp_path / "observed.csv").unlink()
+    html = create_app(seeded.config, seeded.store).test_client().get(f"/ui/watches/{WATCH}").get_data(as_text=True)
+    assert "Observed values not drawn: input file" in html and "does not exist" in html
+    assert "forecast band" in html
 
 
 def test_unknown_watch_or_series_is_a_clear_404(client):
@@ -207,7 +242,7 @@ def test_plotly_is_served_locally(client):
 
 def test_read_token_required_refuses_pages_with_the_reason(tmp_path):
     store = Store.open(f"sqlite:///{tmp_path}/aiops.db")
-    client = create_app(ui_config(token="t0ken-abc", read_token_required=True), store).test_client()
+    client = create_app(ui_config(tmp_path, token="t0ken-abc", read_token_required=True), store).test_client()
     resp = client.get("/ui/")
     assert resp.status_code == 401
     assert "read_token_required" in resp.get_data(as_text=True)
@@ -215,7 +250,7 @@ def test_read_token_required_refuses_pages_with_the_reason(tmp_path):
 
 
 def test_empty_store_renders_guidance(tmp_path):
-    client = create_app(ui_config(), Store.open(f"sqlite:///{tmp_path}/aiops.db")).test_client()
+    client = create_app(ui_config(tmp_path), Store.open(f"sqlite:///{tmp_path}/aiops.db")).test_client()
     assert "No anomaly events stored yet" in client.get("/ui/").get_data(as_text=True)
     assert "No alerts received" in client.get("/ui/alerts").get_data(as_text=True)
     assert client.get(f"/ui/watches/{WATCH}").status_code == 404
