@@ -242,6 +242,62 @@ class CapacityConfig(_Model):
     quantile: float = Field(0.9, gt=0.5, lt=1, description="Conservative quantile for the ETA.")
 
 
+DEFAULT_ACTION_PAYLOAD = (
+    '{"action": {{ action.name }}, "watch": {{ event.watch }}, "event_id": {{ event.id }}, '
+    '"series": {{ event.series }}, "labels": {{ event.labels }}, "severity": {{ event.severity }}, '
+    '"start": {{ event.start }}, "approved_by": {{ approved_by }}}'
+)
+
+
+class ActionConfig(_Model):
+    """A remediation webhook an operator may approve for a watch's anomaly; it never runs by itself."""
+
+    name: str = Field(..., description="Unique within the watch; used in the API path.")
+    url: str = Field(..., description="http(s) URL of the automation system (a runbook runner ...).")
+    description: str = Field("", max_length=500, description="What the action does, shown to the approver.")
+    method: Literal["POST", "PUT"] = "POST"
+    payload: str = Field(
+        DEFAULT_ACTION_PAYLOAD,
+        description="JSON body as a sandboxed Jinja2 template; every {{ ... }} is JSON-encoded, so write "
+        "{{ event.labels.service }} without quotes. Names: event (id, watch, series, labels, start, end, "
+        "peak_time, peak_score, severity, direction, observed, expected), explanation (id, title, summary, "
+        "backend, created_at; all null when the event has none), action (name, watch), approved_by.",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Sent with the request (e.g. Authorization); never logged or recorded."
+    )
+    timeout: Duration = Field(Duration("10s"), description="How long to wait for the answer (at most 120s).")
+
+    @field_validator("name")
+    @classmethod
+    def _action_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError("use 1-64 letters, digits, '_', '.', '-' starting with a letter or digit")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v.strip()):
+            raise ValueError(f"not an http(s) URL: {v[:100]!r}")
+        return v.strip()
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, v: str) -> str:
+        from aiops.service.actions import check_payload_template
+
+        check_payload_template(v)  # ValueError naming the problem
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: Duration) -> Duration:
+        if not 0 < v.seconds <= 120:
+            raise ValueError("must be more than 0s and at most 120s (the approving request waits for it)")
+        return v
+
+
 class WatchConfig(_Model):
     name: str = Field(..., description="Unique name; used in output labels and dashboard uids.")
     query: str = Field(..., description="PromQL range query.")
@@ -267,6 +323,9 @@ class WatchConfig(_Model):
         description="Labels that put series in the same scope for co-anomaly evidence.",
     )
     dashboard: bool = True
+    actions: list[ActionConfig] = Field(
+        default_factory=list, description="Remediation webhooks an operator may approve for this watch's anomalies."
+    )
 
 
     @field_validator("split_by")
@@ -289,6 +348,10 @@ class WatchConfig(_Model):
     def _sizes(self) -> "WatchConfig":
         if self.history.td < 2 * self.step.td:
             raise ValueError(f"history ({self.history}) must cover at least 2 steps ({self.step})")
+        names = [a.name for a in self.actions]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"action name(s) {', '.join(twice)} used twice; names must be unique within a watch")
         return self
 
 

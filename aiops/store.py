@@ -28,8 +28,8 @@ from aiops.types import AnomalyEvent
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}  # filled below the tables
 
 metadata = sa.MetaData()
 UTCDateTime = sa.DateTime(timezone=True)
@@ -176,8 +176,23 @@ action_runs = sa.Table(
     sa.Column("approved_by", sa.String(128), nullable=False),
     sa.Column("approved_at", UTCDateTime, nullable=False, default=utcnow),
     sa.Column("status_code", sa.Integer),
-    sa.Column("response", sa.Text),
+    sa.Column("response", sa.Text),  # excerpt of the receiver's answer
+    sa.Column("event_id", sa.Integer),  # schema 2
+    sa.Column("request", sa.JSON),  # schema 2: method, url (query redacted), body; never headers
+    sa.Column("error", sa.Text),  # schema 2: why the run failed (unreachable, non-2xx answer)
 )
+
+
+def _migrate_2(conn: Connection) -> None:
+    """Schema 2: action_runs records the event, the request sent and the error."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("action_runs")}
+    for name in ("event_id", "request", "error"):
+        if name not in have:
+            ddl = action_runs.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE action_runs ADD COLUMN {name} {ddl}"))
+
+
+MIGRATIONS[2] = _migrate_2
 
 
 # Output series (aiops_forecast, aiops_anomaly_score, ...) served by the read API and /metrics.
@@ -412,6 +427,77 @@ class Store:
         with self.engine.connect() as conn:
             r = conn.execute(q).first()
         return dict(r._mapping) if r else None
+
+    def explanation(self, explanation_id: int) -> dict | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(explanations).where(explanations.c.id == explanation_id)).first()
+        return dict(r._mapping) if r else None
+
+    def explanations(
+        self, *, subject_kind: str | None = None, subject_ref: str | None = None, watch: str | None = None,
+        limit: int = 100,
+    ) -> list[dict]:
+        """Explanations, newest first, optionally of one subject kind, subject or watch."""
+        c = explanations.c
+        q = sa.select(explanations).order_by(c.id.desc()).limit(limit)
+        for col, value in ((c.subject_kind, subject_kind), (c.subject_ref, subject_ref), (c.watch, watch)):
+            if value is not None:
+                q = q.where(col == value)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def latest_explanations(self, subject_kind: str, subject_refs: list[str]) -> dict[str, dict]:
+        """subject_ref -> its newest explanation, for many subjects in one query."""
+        if not subject_refs:
+            return {}
+        c = explanations.c
+        newest = (
+            sa.select(sa.func.max(c.id))
+            .where((c.subject_kind == subject_kind) & c.subject_ref.in_(subject_refs))
+            .group_by(c.subject_ref)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(explanations).where(c.id.in_(newest))).all()
+        return {r._mapping["subject_ref"]: dict(r._mapping) for r in rows}
+
+    # ------------------------------------------------------------------ feedback
+
+    def add_feedback(self, explanation_id: int, verdict: str, text: str | None, author: str | None) -> dict:
+        """Store an operator's verdict (accepted | edited | rejected) on an explanation."""
+        values = dict(explanation_id=explanation_id, verdict=verdict, text=text, author=author, created_at=utcnow())
+        with self.begin() as conn:
+            res = conn.execute(feedback.insert().values(**values))
+            return {"id": int(res.inserted_primary_key[0]), **values}
+
+    def feedback(self, *, explanation_id: int | None = None, limit: int = 100) -> list[dict]:
+        q = sa.select(feedback).order_by(feedback.c.id.desc()).limit(limit)
+        if explanation_id is not None:
+            q = q.where(feedback.c.explanation_id == explanation_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    # ------------------------------------------------------------------ approved action runs
+
+    def add_action_run(self, **values: Any) -> dict:
+        """Record one approved action run (columns of ``action_runs``); returns the row."""
+        values.setdefault("approved_at", utcnow())
+        with self.begin() as conn:
+            res = conn.execute(action_runs.insert().values(**values))
+            return {"id": int(res.inserted_primary_key[0]), **values}
+
+    def action_runs(self, *, watch: str | None = None, limit: int = 100) -> list[dict]:
+        q = sa.select(action_runs).order_by(action_runs.c.id.desc()).limit(limit)
+        if watch is not None:
+            q = q.where(action_runs.c.watch == watch)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def open_event_counts(self) -> dict[str, int]:
+        """watch -> number of ongoing anomaly events."""
+        c = anomaly_events.c
+        q = sa.select(c.watch, sa.func.count()).where(c.end.is_(None)).group_by(c.watch)
+        with self.engine.connect() as conn:
+            return {w: int(n) for w, n in conn.execute(q)}
 
 class _Txn:
     def __init__(self, engine: Engine):

@@ -4,7 +4,7 @@ import pytest
 import sqlalchemy as sa
 
 from aiops.errors import StoreError
-from aiops.store import Store, schema_version
+from aiops.store import SCHEMA_VERSION, Store, schema_version
 from aiops.types import AnomalyEvent
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -24,7 +24,7 @@ def test_create_is_idempotent_and_versioned(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     s = Store.open(url)
     s.create()
-    assert Store.open(url).version() == s.version() == 1
+    assert Store.open(url).version() == s.version() == SCHEMA_VERSION
 
 
 def test_event_upsert_identity_and_filters(tmp_path):

@@ -45,6 +45,11 @@ def create_app(config: AiopsConfig, store: Store | None = None, *, lookback: pd.
     from aiops.service.ask_api import create_ask_blueprint
 
     app.register_blueprint(create_ask_blueprint())  # /api/v1/ask
+    from aiops.service.actions import create_actions_blueprint
+    from aiops.service.api import create_api_blueprint
+
+    app.register_blueprint(create_api_blueprint())  # /api/v1 resources, explain-now, feedback, openapi.json
+    app.register_blueprint(create_actions_blueprint())  # /api/v1/actions, /api/v1/action-runs (approved only)
     from aiops.service.ui import create_ui_blueprint
 
     app.register_blueprint(create_ui_blueprint(), url_prefix="/ui")  # web pages; writes go through /api/v1
