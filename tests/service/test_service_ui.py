@@ -37,11 +37,14 @@ class Seeded:
     dead_id: int
 
 
-def ui_config(folder: Path, **service) -> AiopsConfig:
+def ui_config(folder: Path, actions: list[dict] | None = None, **service) -> AiopsConfig:
     """The test watch over the observed values :func:`seed_store` wrote to ``folder``."""
+    watch = {"name": WATCH, "query": "http_request_duration_seconds", "step": "5m", "history": "1d", "horizon": "2h"}
+    if actions:
+        watch["actions"] = actions
     return AiopsConfig.model_validate({
         "source": {"kind": "file", "file": {"path": str(folder / "observed.csv")}},
-        "watches": [{"name": WATCH, "query": "http_request_duration_seconds", "step": "5m", "history": "1d", "horizon": "2h"}],
+        "watches": [watch],
         "service": service,
     })
 
