@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pandas as pd
 
 from aiops.config import AiopsConfig, WatchConfig
 from aiops.errors import AiopsError
-from aiops.executors import Executor, LocalExecutor, executor_for, shard_seed
 from aiops.sources.base import MetricSource, make_source
 from aiops.store import Store
 from aiops.types import AnomalyEvent, SeriesBatch
@@ -38,8 +36,7 @@ def fetch_watch(
     step = watch.step.td
     end = (end if end is not None else pd.Timestamp.now(tz="UTC")).floor(step)
     start = end - (history if history is not None else watch.history.td)
-    split = {"split_by": watch.split_by} if watch.split_by and getattr(source, "SPLITS_QUERIES", False) else {}
-    batch = source.fetch(watch.query, start, end, step, watch=watch.name, max_series=watch.max_series, **split)
+    batch = source.fetch(watch.query, start, end, step, watch=watch.name, max_series=watch.max_series)
     batch.watch = watch.name
     return batch
 
@@ -68,41 +65,32 @@ class Stages:
     annotator: Any = None  # aiops.grafana.annotations.Annotator
     kb_search: Any = None  # callable(text, k) -> passages
     max_explained: int = 20  # events explained per run, highest peak first
+    skip_explained: bool = False  # explain only events that are new or grew since their last explanation
     recent: pd.Timedelta | None = None  # only events ending within this window are explained
-    executor: Any = None  # aiops.executors.Executor; default: the config's executor section
 
 
-def score_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | None = None) -> pd.DataFrame:
+def score_watch(batch: SeriesBatch, watch: WatchConfig) -> pd.DataFrame:
     """Causal anomaly scores for every observation of the batch.
 
     The history is scored as a backtest (fit on the past, refit on the model's default
     schedule), so events in the window are found the way a running scheduler would find them.
-    Each shard of series (see :mod:`aiops.executors`) is scored on its own with its own seed.
     """
-    return (executor or LocalExecutor()).map_shards(partial(_score_shard, watch=watch), batch)
-
-
-def forecast_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | None = None) -> pd.DataFrame:
-    """Quantile forecast over the watch's horizon after the last observation, per shard."""
-    return (executor or LocalExecutor()).map_shards(partial(_forecast_shard, watch=watch), batch)
-
-
-def _score_shard(batch: SeriesBatch, shard: int, *, watch: WatchConfig) -> pd.DataFrame:
     from aiops.models import detect_frame
 
     return detect_frame(
         batch.frame, step=batch.step or watch.step.td, level=watch.model.level, model=watch.model.kind,
-        seed=shard_seed(watch.model.seed, shard), params=watch.model.params or None,
+        seed=watch.model.seed, params=watch.model.params or None,
     )
 
 
-def _forecast_shard(batch: SeriesBatch, shard: int, *, watch: WatchConfig) -> pd.DataFrame:
+def forecast_watch(batch: SeriesBatch, watch: WatchConfig) -> pd.DataFrame:
+    """Quantile forecast over the watch's horizon after the last observation."""
     from aiops.models import forecast_frame
 
     steps = max(1, int(watch.horizon.td / watch.step.td))
     return forecast_frame(
         batch.frame, steps, step=batch.step or watch.step.td, level=watch.model.level, model=watch.model.kind,
-        seed=shard_seed(watch.model.seed, shard), params=watch.model.params or None,
+        seed=watch.model.seed, params=watch.model.params or None,
     )
 
 
@@ -152,6 +140,10 @@ def explain_events(
     events = [e for e in result.events if e.id is not None]
     if stages.recent is not None:
         events = [e for e in events if e.end is None or e.end >= now - stages.recent]
+    if stages.skip_explained:
+        events, unchanged = _needs_explaining(store, events)
+        for ev, md in unchanged:  # the region may have grown: refresh it with the explanation it has
+            _annotate(stages, watch, ev, md)
     events = sorted(events, key=lambda e: -e.peak_score)[: stages.max_explained]
     if not events:
         return
@@ -179,11 +171,87 @@ def explain_events(
         )
         result.explanations[ev.id] = expl
         result.markdown[ev.id] = md
-        if stages.annotator is not None:
-            from aiops.grafana.dashboards import PANEL_OBSERVED, dashboard_uid
+        _annotate(stages, watch, ev, md)
 
-            uid = dashboard_uid(watch.name) if watch.dashboard else None
-            stages.annotator.enqueue(ev, md, uid, PANEL_OBSERVED if uid else None)
+
+def _annotate(stages: Stages, watch: WatchConfig, ev: AnomalyEvent, markdown: str) -> None:
+    if stages.annotator is None:
+        return
+    from aiops.grafana.dashboards import PANEL_OBSERVED, dashboard_uid
+
+    uid = dashboard_uid(watch.name) if watch.dashboard else None
+    stages.annotator.enqueue(ev, markdown, uid, PANEL_OBSERVED if uid else None)
+
+
+_SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+REEXPLAIN_GROWTH = 1.25  # an explained event is explained again once its peak score grew by this factor
+
+
+def _needs_explaining(store: Store, events: list[AnomalyEvent]) -> tuple[list[AnomalyEvent], list[tuple[AnomalyEvent, str]]]:
+    """Split events into those to explain (new, or grown since their last explanation: a higher
+    severity or a peak score ``REEXPLAIN_GROWTH`` times the explained one) and the others, with
+    the Markdown of their last explanation."""
+    import sqlalchemy as sa
+
+    from aiops.store import explanations
+
+    if not events:
+        return [], []
+    c = explanations.c
+    refs = {f"event:{ev.id}": ev for ev in events}
+    last: dict[str, Any] = {}
+    q = (sa.select(c.subject_ref, c.evidence, c.markdown)
+         .where((c.subject_kind == "event") & c.subject_ref.in_(list(refs))).order_by(c.id))
+    with store.engine.connect() as conn:
+        for row in conn.execute(q):
+            last[row.subject_ref] = row  # ordered by id: the newest wins
+    todo, unchanged = [], []
+    for ref, ev in refs.items():
+        row = last.get(ref)
+        if row is None:
+            todo.append(ev)
+            continue
+        peak, severity = _explained_peak(row.evidence)
+        grew = (_SEVERITY_RANK.get(ev.severity, 0) > _SEVERITY_RANK.get(severity or ev.severity, 0)
+                or (peak is not None and peak > 0 and ev.peak_score >= peak * REEXPLAIN_GROWTH))
+        if grew:
+            todo.append(ev)
+        else:
+            unchanged.append((ev, row.markdown))
+    return todo, unchanged
+
+
+def _explained_peak(evidence: Any) -> tuple[float | None, str | None]:
+    """Peak score and severity an event had when its stored evidence was built."""
+    for item in (evidence or {}).get("items", []) if isinstance(evidence, dict) else []:
+        data = item.get("data") or {}
+        if "peak_score" in data:
+            try:
+                return float(data["peak_score"]), data.get("severity")
+            except (TypeError, ValueError):
+                return None, data.get("severity")
+    return None, None
+
+
+def build_stages(config: AiopsConfig, store: Store, *, scheduled: bool = False) -> Stages:
+    """The explain and annotate stages the config asks for.
+
+    With ``scheduled`` (the scheduler's runs), only events ongoing or ended within
+    ``explain.recent`` are explained, and only when new or grown since their last explanation;
+    the others keep their explanation and get their annotation region refreshed.
+    """
+    from aiops.explain.explainer import Explainer
+    from aiops.grafana.annotations import Annotator
+
+    stages = Stages(explainer=Explainer(config.explain), annotator=Annotator.from_config(config.grafana, store))
+    if config.explain.runbooks_dir:
+        from aiops.explain.kb import KnowledgeBase
+
+        stages.kb_search = KnowledgeBase.build(config.explain.runbooks_dir).search
+    if scheduled:
+        stages.skip_explained = True
+        stages.recent = config.explain.recent.td
+    return stages
 
 
 def run_watch(
@@ -211,13 +279,12 @@ def run_watch(
         batch = fetch_watch(config, watch, source=source, end=end)
         result.batch = batch
         now = batch.frame["ts"].max()
-        executor = stages.executor or executor_for(config.executor)
-        result.scores = score_watch(batch, watch, executor)
+        result.scores = score_watch(batch, watch)
         events = scores_to_events(result.scores, watch=watch.name, detector=watch.detector, labels=batch.labels)
         for ev in events:
             store.upsert_event(ev)
         result.events = events
-        result.forecast = forecast_watch(batch, watch, executor)
+        result.forecast = forecast_watch(batch, watch)
         result.capacity = _capacity(result.forecast, watch, now)
         write_outputs(
             store, watch.name, batch.labels, scores=result.scores, forecast=result.forecast,
@@ -308,8 +375,6 @@ def run_demo(config: AiopsConfig, *, progress: bool = True) -> DemoSummary:
     """Run every watch once end to end and summarise (the README's first command)."""
     from tqdm.auto import tqdm
 
-    from aiops.explain.explainer import Explainer
-    from aiops.grafana.annotations import Annotator
     from aiops.report import write_report
 
     t0 = time.perf_counter()
@@ -317,11 +382,7 @@ def run_demo(config: AiopsConfig, *, progress: bool = True) -> DemoSummary:
     out.mkdir(parents=True, exist_ok=True)
     store = Store.open(config.store.url)
     source = make_source(config)
-    stages = Stages(explainer=Explainer(config.explain), annotator=Annotator.from_config(config.grafana, store))
-    if config.explain.runbooks_dir:
-        from aiops.explain.kb import KnowledgeBase
-
-        stages.kb_search = KnowledgeBase.build(config.explain.runbooks_dir).search
+    stages = build_stages(config, store)
     files: dict[str, Path] = {}
     if config.grafana.url:
         from aiops.grafana.client import GrafanaClient

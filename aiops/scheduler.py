@@ -8,7 +8,11 @@ time; when it dies, another takes over once the lease expires. Lease expiry comp
 wall-clock times written by different nodes, so their clocks must agree to well within the
 lease time (NTP does this).
 
-Jobs: ``infer:<watch>`` every ``infer_every`` calls :func:`aiops.pipeline.run_watch`, and
+Jobs: ``infer:<watch>`` every ``infer_every`` calls :func:`aiops.pipeline.run_watch` with the
+explain and annotate stages the config asks for (:func:`aiops.pipeline.build_stages`: only
+events that are new or grew since their last explanation are explained; annotations go
+through the store's outbox and are flushed after each run, and retried by the next run or by
+any ``aiops serve`` replica), and
 ``fit:<watch>`` every ``fit_every`` calls ``aiops.pipeline.fit_watch`` when the pipeline has
 one (``run_watch`` records each run in ``job_runs``). Jobs coalesce missed runs, never overlap,
 and carry a little jitter so many watches do not hit Prometheus at the same second.
@@ -18,6 +22,7 @@ takes over at once); SIGHUP reloads the config: jobs are replaced, the lease is 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -142,6 +147,8 @@ class Scheduler:
         lease_ttl: seconds of leadership per renewal (default ``service.lease``).
         holder: this node's id in the lease.
         first_run_delay: seconds before a new leader's first infer run of each watch.
+        stages: the infer job's explain/annotate stages (default: built from the config when
+            the infer function takes ``stages``; rebuilt on reload).
     """
 
     def __init__(
@@ -155,6 +162,7 @@ class Scheduler:
         lease_ttl: float | None = None,
         holder: str | None = None,
         first_run_delay: float = 1.0,
+        stages: Any = None,
     ):
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -166,6 +174,9 @@ class Scheduler:
         self.source = source
         self.run_watch = run_watch or pipeline.run_watch
         self.fit_watch = fit_watch if fit_watch is not None else getattr(pipeline, "fit_watch", None)
+        takes_stages = "stages" in inspect.signature(self.run_watch).parameters
+        self._own_stages = stages is None and takes_stages
+        self.stages = stages if takes_stages else None
         ttl = lease_ttl if lease_ttl is not None else config.service.lease.seconds
         self.lease = LeaderLease(self.store, holder=holder, ttl=ttl)
         self.first_run_delay = first_run_delay
@@ -179,6 +190,8 @@ class Scheduler:
         """Start renewing the lease and scheduling the watches (returns at once)."""
         if self.source is None:
             self.source = self._make_source(self.config)
+        if self._own_stages:
+            self.stages = self._make_stages(self.config)
         self._sched.add_job(
             self._renew, "interval", seconds=self.lease.ttl / 3, id="lease", coalesce=True, max_instances=1,
             misfire_grace_time=None, next_run_time=datetime.now(timezone.utc),  # a late renewal still counts
@@ -203,6 +216,8 @@ class Scheduler:
                 logger.warning("store.url changed; restart the scheduler to use the new store")
             if self._own_source:
                 self.source = self._make_source(config)
+            if self._own_stages:
+                self.stages = self._make_stages(config)
             self.config = config
             self._sync_jobs()
         logger.info("scheduler config reloaded: %d watches", len(config.watches))
@@ -250,6 +265,15 @@ class Scheduler:
 
         return make_source(config)
 
+    def _make_stages(self, config: AiopsConfig) -> Any:
+        from aiops.pipeline import Stages, build_stages
+
+        try:
+            return build_stages(config, self.store, scheduled=True)
+        except AiopsError as exc:
+            logger.error("explanations and annotations are off for scheduled runs: %s", exc)
+            return Stages()
+
     def _sync_jobs(self) -> None:
         wanted: dict[str, tuple[str, WatchConfig, float]] = {}
         for w in self.config.watches:
@@ -268,6 +292,14 @@ class Scheduler:
                 next_run_time=first if kind == "infer" else first + timedelta(seconds=every),
             )
 
+    @staticmethod
+    def _flush(annotator: Any) -> None:
+        # Undelivered annotations stay in the outbox (Grafana down): the next run or a serve replica retries.
+        try:
+            annotator.flush()
+        except Exception as exc:  # noqa: BLE001 - delivery problems never fail the job
+            logger.warning("annotation flush failed: %s", exc)
+
     def _renew(self) -> None:
         leader = self.lease.acquire()
         if leader and not self._was_leader:
@@ -281,18 +313,22 @@ class Scheduler:
             logger.debug("%s:%s skipped: not the leader", kind, watch_name)
             return
         with self._lock:
-            config, source = self.config, self.source
+            config, source, stages = self.config, self.source, self.stages
         try:
             watch = config.watch(watch_name)
         except AiopsError:
             return  # removed by a reload while queued
         fn = self.run_watch if kind == "infer" else self.fit_watch
+        extra = {"stages": stages} if kind == "infer" and stages is not None else {}
         t0 = time.perf_counter()
         try:
-            result = fn(config, watch, source=source, store=self.store)
+            result = fn(config, watch, source=source, store=self.store, **extra)
         except Exception:  # noqa: BLE001 - a failing job must not stop the scheduler
             logger.exception("%s:%s failed", kind, watch_name)
             return
+        finally:
+            if extra and getattr(stages, "annotator", None) is not None:
+                self._flush(stages.annotator)
         err = getattr(result, "error", None)
         if err:
             logger.warning("%s:%s: %s", kind, watch_name, err)
