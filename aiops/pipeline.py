@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 from aiops.config import AiopsConfig, WatchConfig
 from aiops.errors import AiopsError
+from aiops.executors import Executor, LocalExecutor, executor_for, shard_seed
 from aiops.sources.base import MetricSource, make_source
 from aiops.store import Store
 from aiops.types import AnomalyEvent, SeriesBatch
@@ -36,7 +38,8 @@ def fetch_watch(
     step = watch.step.td
     end = (end if end is not None else pd.Timestamp.now(tz="UTC")).floor(step)
     start = end - (history if history is not None else watch.history.td)
-    batch = source.fetch(watch.query, start, end, step, watch=watch.name, max_series=watch.max_series)
+    split = {"split_by": watch.split_by} if watch.split_by and getattr(source, "SPLITS_QUERIES", False) else {}
+    batch = source.fetch(watch.query, start, end, step, watch=watch.name, max_series=watch.max_series, **split)
     batch.watch = watch.name
     return batch
 
@@ -67,30 +70,40 @@ class Stages:
     max_explained: int = 20  # events explained per run, highest peak first
     skip_explained: bool = False  # explain only events that are new or grew since their last explanation
     recent: pd.Timedelta | None = None  # only events ending within this window are explained
+    executor: Any = None  # aiops.executors.Executor; default: the config's executor section
 
 
-def score_watch(batch: SeriesBatch, watch: WatchConfig) -> pd.DataFrame:
+def score_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | None = None) -> pd.DataFrame:
     """Causal anomaly scores for every observation of the batch.
 
     The history is scored as a backtest (fit on the past, refit on the model's default
     schedule), so events in the window are found the way a running scheduler would find them.
+    Each shard of series (see :mod:`aiops.executors`) is scored on its own with its own seed.
     """
+    return (executor or LocalExecutor()).map_shards(partial(_score_shard, watch=watch), batch)
+
+
+def forecast_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | None = None) -> pd.DataFrame:
+    """Quantile forecast over the watch's horizon after the last observation, per shard."""
+    return (executor or LocalExecutor()).map_shards(partial(_forecast_shard, watch=watch), batch)
+
+
+def _score_shard(batch: SeriesBatch, shard: int, *, watch: WatchConfig) -> pd.DataFrame:
     from aiops.models import detect_frame
 
     return detect_frame(
         batch.frame, step=batch.step or watch.step.td, level=watch.model.level, model=watch.model.kind,
-        seed=watch.model.seed, params=watch.model.params or None,
+        seed=shard_seed(watch.model.seed, shard), params=watch.model.params or None,
     )
 
 
-def forecast_watch(batch: SeriesBatch, watch: WatchConfig) -> pd.DataFrame:
-    """Quantile forecast over the watch's horizon after the last observation."""
+def _forecast_shard(batch: SeriesBatch, shard: int, *, watch: WatchConfig) -> pd.DataFrame:
     from aiops.models import forecast_frame
 
     steps = max(1, int(watch.horizon.td / watch.step.td))
     return forecast_frame(
         batch.frame, steps, step=batch.step or watch.step.td, level=watch.model.level, model=watch.model.kind,
-        seed=watch.model.seed, params=watch.model.params or None,
+        seed=shard_seed(watch.model.seed, shard), params=watch.model.params or None,
     )
 
 
@@ -279,12 +292,13 @@ def run_watch(
         batch = fetch_watch(config, watch, source=source, end=end)
         result.batch = batch
         now = batch.frame["ts"].max()
-        result.scores = score_watch(batch, watch)
+        executor = stages.executor or executor_for(config.executor)
+        result.scores = score_watch(batch, watch, executor)
         events = scores_to_events(result.scores, watch=watch.name, detector=watch.detector, labels=batch.labels)
         for ev in events:
             store.upsert_event(ev)
         result.events = events
-        result.forecast = forecast_watch(batch, watch)
+        result.forecast = forecast_watch(batch, watch, executor)
         result.capacity = _capacity(result.forecast, watch, now)
         write_outputs(
             store, watch.name, batch.labels, scores=result.scores, forecast=result.forecast,
