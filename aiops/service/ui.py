@@ -29,7 +29,8 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 
 from aiops.config import WatchConfig
 from aiops.errors import AiopsError, StoreError
-from aiops.outputs import ADDED_LABELS, ANOMALY_SCORE, FORECAST, output_labels
+from aiops.outputs import ANOMALY_SCORE, FORECAST, output_labels
+from aiops.service.api import _source, _source_labels
 from aiops.service.auth import read_denied
 from aiops.store import Store, _utc, alert_inbox, explanations, feedback, output_points, output_series
 from aiops.types import AnomalyEvent, SeriesBatch, parse_series_id, series_id
@@ -159,14 +160,7 @@ def _ext() -> dict[str, Any]:
 
 def _explanations_for(store: Store, refs: list[str], *, kind: str) -> dict[str, dict]:
     """The newest explanation per subject ref, with its feedback, keyed by ref."""
-    if not refs:
-        return {}
-    c = explanations.c
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(explanations).where((c.subject_kind == kind) & c.subject_ref.in_(refs)).order_by(c.id)
-        ).all()
-    newest = {r._mapping["subject_ref"]: dict(r._mapping) for r in rows}
+    newest = store.latest_explanations(kind, refs)
     _attach_feedback(store, list(newest.values()))
     return newest
 
@@ -211,25 +205,12 @@ def _watches_with_outputs(store: Store) -> set[str]:
         return set(conn.execute(sa.select(output_series.c.watch).distinct()).scalars())
 
 
-def source_series_id(labels: dict[str, str]) -> str:
-    """The source series id an output series was derived from (inverse of ``output_labels``)."""
-    src: dict[str, str] = {}
-    for k, v in labels.items():
-        if k in ("__name__", *ADDED_LABELS):
-            continue
-        plain = k.removeprefix("exported_")
-        src[plain if plain in ADDED_LABELS else k] = v
-    if labels.get("source_metric"):
-        src["__name__"] = labels["source_metric"]
-    return series_id(src)
-
-
 def _watch_series(store: Store, watch: str) -> list[str]:
     """Source series ids of a watch that have an anomaly score or forecast stored, sorted."""
     c = output_series.c
     q = sa.select(c.labels).where((c.watch == watch) & c.metric.in_([ANOMALY_SCORE, FORECAST]))
     with store.engine.connect() as conn:
-        return sorted({source_series_id(dict(lbl)) for lbl in conn.execute(q).scalars()})[:MAX_SERIES_LISTED]
+        return sorted({series_id(_source_labels(lbl)) for lbl in conn.execute(q).scalars()})[:MAX_SERIES_LISTED]
 
 
 def _default_series(series: list[str], events: list[AnomalyEvent]) -> str:
@@ -273,13 +254,8 @@ def _observed(cfg: WatchConfig | None, sid: str, since: pd.Timestamp, until: pd.
     until = min(until, pd.Timestamp.now(tz="UTC"))
     if until <= since:
         return None, "the chart lies in the future"
-    ext = _ext()
     try:
-        if "source" not in ext:  # shared with the API; built once per app
-            from aiops.sources.base import make_source
-
-            ext["source"] = make_source(ext["config"])
-        batch = ext["source"].fetch(cfg.query, since, until, cfg.step.td, watch=cfg.name, max_series=cfg.max_series)
+        batch = _source().fetch(cfg.query, since, until, cfg.step.td, watch=cfg.name, max_series=cfg.max_series)
     except AiopsError as exc:
         logger.warning("ui: observed values of %s unavailable: %s", cfg.name, exc)
         return None, str(exc)

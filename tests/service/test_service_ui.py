@@ -16,7 +16,7 @@ from aiops.config import AiopsConfig
 from aiops.outputs import write_outputs
 from aiops.service.app import create_app
 from aiops.service.inbox import Inbox
-from aiops.service.ui import source_series_id
+from aiops.service.api import _source_labels
 from aiops.store import Store
 from aiops.types import AnomalyEvent, series_id
 
@@ -264,7 +264,8 @@ def test_empty_store_renders_guidance(tmp_path):
     {"__name__": "up", "watch": "clash", "bound": "b", "job": "x"},
     {"instance": "no-name"},
 ])
-def test_source_series_id_inverts_output_labels(labels):
+def test_chart_series_ids_invert_output_labels(labels):
+    """The chart lists output series under their source ids; events carry the same ids."""
     from aiops.outputs import ANOMALY_SCORE, output_labels
 
-    assert source_series_id(output_labels(labels, ANOMALY_SCORE, WATCH)) == series_id(labels)
+    assert _source_labels(output_labels(labels, ANOMALY_SCORE, WATCH)) == labels
