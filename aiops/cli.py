@@ -166,6 +166,22 @@ def config_reference() -> None:
     click.echo(reference(), nl=False)
 
 
+@cli.command("docs-sync")
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when a generated section is stale.")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help="Checkout root (default: found from here).")
+def docs_sync(check: bool, root: str | None) -> None:
+    """Regenerate docs/configuration.md and README.md's configuration and benchmark sections."""
+    from pathlib import Path
+
+    from aiops.docsync import find_root, sync
+
+    stale = sync(find_root(Path(root) if root else None), write=not check)
+    for path in stale:
+        click.echo(f"{'stale' if check else 'rewrote'}: {path}")
+    if check and stale:
+        sys.exit(1)
+
+
 @cli.command("fetch")
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help="Config file (default: embedded demo).")
 @click.argument("watch_name")

@@ -1,6 +1,7 @@
 """Generate the configuration reference (docs/configuration.md) from the config models.
 
-``aiops config-reference > docs/configuration.md``; a test fails when the file drifts.
+:func:`reference` is the full reference, :func:`readme_table` the README's one-row-per-section
+summary. ``aiops docs-sync`` rewrites both (:mod:`aiops.docsync`); a test fails when either drifts.
 """
 
 from __future__ import annotations
@@ -89,6 +90,30 @@ def reference() -> str:
             if sub is not None:
                 todo.append((child + ("[]" if is_list else ""), sub))
             desc = (field.description or "").replace("|", "\\|")
-            kind = f"[{'list of ' if is_list else ''}section](#{(child + ('[]' if is_list else '')).replace('.', '').replace('[]', '')})" if sub else _type_name(field.annotation)
+            kind = f"[{'list of ' if is_list else ''}section](#{_anchor(child)})" if sub else _type_name(field.annotation)
             out.append(f"| `{name}` | {kind} | {_default(field)} | {desc} |")
     return "\n".join(out) + "\n"
+
+
+def _anchor(path: str) -> str:
+    return path.replace(".", "").replace("[]", "")
+
+
+def readme_table(link: str = "docs/configuration.md") -> str:
+    """The README's compact view: one row per top-level section with all its keys, linking
+    each section to its full table in ``link``. Required keys are bold."""
+    rows = ["| section | what it sets | keys |", "|---|---|---|"]
+    for name, field in AiopsConfig.model_fields.items():
+        sub = _model_of(field.annotation)
+        is_list = get_origin(field.annotation) is list
+        desc = (field.description or "").replace("|", "\\|")
+        if sub is None:
+            keys = f"{_type_name(field.annotation)}, default {_default(field)}"
+        else:
+            keys = ", ".join(
+                f"**`{k}`**" if f.is_required() else f"`{k}`" for k, f in sub.model_fields.items()
+            )
+        title = f"`{name}`" + (" (list)" if is_list else "")
+        anchor = _anchor(name) if sub is not None else "top-level"
+        rows.append(f"| [{title}]({link}#{anchor}) | {desc} | {keys} |")
+    return "\n".join(rows) + "\n"
