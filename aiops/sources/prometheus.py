@@ -18,7 +18,10 @@ import ast
 import json
 import logging
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +32,7 @@ from prometheus_api_client import PrometheusApiClientException, PrometheusConnec
 from urllib3.util.retry import Retry
 
 from aiops.errors import AuthError, BadQuery, InputError, NoData, SourceError, SourceUnavailable, TooManySeries
+from aiops.promql import parse_selector
 from aiops.sources.base import align_to_grid, grid
 from aiops.types import SeriesBatch, series_id
 
@@ -99,9 +103,12 @@ class PrometheusSource:
         max_points_per_request: most points per series in one request (Prometheus: 11,000).
         retries: retries on timeouts, connection errors and 502/503/504.
         backoff: first retry delay in seconds; doubles each retry.
+        max_series_per_query: with ``fetch(split_by=...)``, most series one query may return.
+        max_concurrency: most requests in flight to this server at once, across threads.
     """
 
     name = "prometheus"
+    SPLITS_QUERIES = True  # fetch() takes split_by
 
     def __init__(
         self,
@@ -116,6 +123,8 @@ class PrometheusSource:
         max_points_per_request: int = 11000,
         retries: int = 3,
         backoff: float = 0.5,
+        max_series_per_query: int = 1000,
+        max_concurrency: int = 4,
     ):
         if not re.match(r"^https?://[^/\s]+", url or ""):
             raise InputError(f"Prometheus url must be http(s)://host[:port], got {redact_url(str(url))!r}")
@@ -123,12 +132,20 @@ class PrometheusSource:
             raise InputError("set bearer_token or basic_auth, not both")
         if max_points_per_request < 2:
             raise InputError(f"max_points_per_request must be at least 2, got {max_points_per_request}")
+        if max_series_per_query < 1 or max_concurrency < 1:
+            raise InputError(
+                f"max_series_per_query and max_concurrency must be at least 1, got {max_series_per_query} "
+                f"and {max_concurrency}"
+            )
         self.url = url.rstrip("/")
         self.safe_url = redact_url(self.url)
         self.timeout = float(timeout)
         self.max_points_per_request = int(max_points_per_request)
         self.retries = max(0, int(retries))
         self.backoff = max(0.0, float(backoff))
+        self.max_series_per_query = int(max_series_per_query)
+        self.max_concurrency = int(max_concurrency)
+        self._slots = threading.BoundedSemaphore(self.max_concurrency)  # per server, across threads
         self._headers = {k: str(v) for k, v in (headers or {}).items()}
         if bearer_token:
             self._headers["Authorization"] = f"Bearer {bearer_token}"
@@ -156,6 +173,8 @@ class PrometheusSource:
             max_points_per_request=cfg.max_points_per_request,
             retries=cfg.retries,
             backoff=cfg.backoff.seconds,
+            max_series_per_query=cfg.max_series_per_query,
+            max_concurrency=cfg.max_concurrency,
         )
 
     def __repr__(self) -> str:  # never shows credentials
@@ -172,8 +191,15 @@ class PrometheusSource:
         *,
         watch: str | None = None,
         max_series: int | None = None,
+        split_by: str | None = None,
     ) -> SeriesBatch:
         """Run a range query and return every series on the step grid from start to end.
+
+        With ``split_by`` (a label name) the query is split so that no request returns more
+        than ``max_series_per_query`` series: ``count by (<label>) (<query>)`` over the same
+        range sizes each label value, values are packed into groups under the cap, and each
+        group is one query (a matcher added to a plain selector, ``and on(<label>)`` around
+        any other expression), at most ``max_concurrency`` in flight.
 
         Raises:
             InputError: empty query, step under one second, or end before start.
@@ -193,6 +219,10 @@ class PrometheusSource:
             raise InputError(f"no step-aligned point between start {start} and end {end} (step {step})")
         if max_series is not None and max_series < 1:
             raise InputError(f"max_series must be at least 1, got {max_series}")
+        if split_by is not None:
+            if not _LABEL_RE.fullmatch(split_by):
+                raise InputError(f"split_by must be a label name like instance, got {split_by!r}")
+            return self._fetch_split(str(query), index, step, watch, max_series, split_by)
         return self._fetch(str(query), index, step, watch, max_series)
 
     def check(self) -> None:
@@ -231,9 +261,10 @@ class PrometheusSource:
 
     def _query_range(self, query: str, start: pd.Timestamp, end: pd.Timestamp, step_s: float) -> list[dict]:
         try:
-            result = self.client.custom_query_range(
-                query, start.to_pydatetime(), end.to_pydatetime(), f"{step_s:.3f}".rstrip("0").rstrip(".")
-            )
+            with self._slots:
+                result = self.client.custom_query_range(
+                    query, start.to_pydatetime(), end.to_pydatetime(), f"{step_s:.3f}".rstrip("0").rstrip(".")
+                )
         except PrometheusApiClientException as exc:
             raise _from_client_error(exc) from None
         except (ValueError, KeyError, TypeError) as exc:  # 200 but not a Prometheus answer
@@ -305,17 +336,56 @@ class PrometheusSource:
     def _fetch(
         self, query: str, index: pd.DatetimeIndex, step: pd.Timedelta, watch: str | None, max_series: int | None
     ) -> SeriesBatch:
+        return self._assemble(self._collect(query, index, step, watch, max_series), query, index, step, watch)
+
+    def _fetch_split(
+        self, query: str, index: pd.DatetimeIndex, step: pd.Timedelta, watch: str | None, max_series: int | None,
+        label: str,
+    ) -> SeriesBatch:
+        counts = self._collect(f"count by ({label}) ({query})", index, step, watch, None, what=query)
+        sizes: dict[str, int] = {}
+        for sid, vals in zip(counts.sids, counts.val_parts):
+            value = counts.labels[sid].get(label, "")
+            finite = vals[np.isfinite(vals)]
+            sizes[value] = max(sizes.get(value, 0), int(finite.max()) if len(finite) else 0)
+        if not sizes:
+            return self._assemble(counts, query, index, step, watch)  # NoData, named for the watch's query
+        total = sum(sizes.values())
+        if max_series is not None and total > max_series:
+            raise _too_many(f"query matches about {total} series", total, max_series, watch, query)
+        groups = _pack(sizes, self.max_series_per_query, label, watch, query)
+        queries = [_restrict(query, label, g) for g in groups]
+        logger.debug("split %s by %s: %d label values in %d queries", query, label, len(sizes), len(queries))
+        if len(queries) == 1:
+            parts = [self._collect(queries[0], index, step, watch, None, what=query)]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(queries))) as pool:
+                parts = list(pool.map(lambda q: self._collect(q, index, step, watch, None, what=query), queries))
+        merged = _Parts()
+        for p in parts:
+            merged.extend(p)
+        if max_series is not None and len(merged.labels) > max_series:
+            raise _too_many(f"query matched {len(merged.labels)} series", len(merged.labels), max_series, watch, query)
+        return self._assemble(merged, query, index, step, watch)
+
+    def _collect(
+        self, query: str, index: pd.DatetimeIndex, step: pd.Timedelta, watch: str | None, max_series: int | None,
+        *, what: str | None = None,
+    ) -> "_Parts":
+        """Every series of ``query`` over ``index``, in requests of at most max_points_per_request.
+
+        ``what`` is the query to name in errors (the watch's own, when this is a split part).
+        """
         step_s = step.total_seconds()
         n = self.max_points_per_request
-        labels: dict[str, dict[str, str]] = {}
-        sids: list[str] = []
-        ts_parts: list[np.ndarray] = []
-        val_parts: list[np.ndarray] = []
+        parts = _Parts()
+        labels, sids, ts_parts, val_parts = parts.labels, parts.sids, parts.ts_parts, parts.val_parts
+        shown = what or query
         chunks = range(0, len(index), n)
         for i, lo in enumerate(chunks):
             c_start, c_end = index[lo], index[min(lo + n, len(index)) - 1]
             logger.debug("query_range %s chunk %d/%d [%s, %s]", self.safe_url, i + 1, len(chunks), c_start, c_end)
-            result = self._call(lambda: self._query_range(query, c_start, c_end, step_s), watch, query)
+            result = self._call(lambda: self._query_range(query, c_start, c_end, step_s), watch, shown)
             for item in result:
                 metric = {str(k): str(v) for k, v in (item.get("metric") or {}).items()}
                 sid = series_id(metric)
@@ -328,15 +398,14 @@ class PrometheusSource:
                 )
                 val_parts.append(np.fromiter((float(v[1]) for v in values), "float64", len(values)))
             if max_series is not None and len(labels) > max_series:
-                raise TooManySeries(
-                    f"query matched {len(labels)} series{' so far' if lo + n < len(index) else ''}, "
-                    f"more than the limit of {max_series}",
-                    count=len(labels),
-                    limit=max_series,
-                    watch=watch,
-                    query=query,
-                    hint="narrow the query with label matchers or aggregation, or raise watches[].max_series",
-                )
+                so_far = " so far" if lo + n < len(index) else ""
+                raise _too_many(f"query matched {len(labels)} series{so_far}", len(labels), max_series, watch, shown)
+        return parts
+
+    def _assemble(
+        self, parts: "_Parts", query: str, index: pd.DatetimeIndex, step: pd.Timedelta, watch: str | None
+    ) -> SeriesBatch:
+        labels, sids, ts_parts = parts.labels, parts.sids, parts.ts_parts
         if not labels:
             raise NoData(
                 f"query matched no series between {index[0]} and {index[-1]} on {self.safe_url}",
@@ -345,7 +414,7 @@ class PrometheusSource:
                 hint="check the metric name and label matchers, and that the range holds data",
             )
         ts_ms = np.concatenate(ts_parts)
-        vals = np.concatenate(val_parts)
+        vals = np.concatenate(parts.val_parts)
         inf = np.isinf(vals)
         if inf.any():
             logger.warning("watch %s: %d infinite sample values treated as missing", watch or "-", int(inf.sum()))
@@ -353,6 +422,86 @@ class PrometheusSource:
         labels = dict(sorted(labels.items()))
         frame = _on_grid(list(labels), sids, [len(t) for t in ts_parts], ts_ms, vals, index, step)
         return SeriesBatch(frame=frame, labels=labels, step=step, watch=watch)
+
+
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+
+@dataclass
+class _Parts:
+    """Result items of one or more range queries, in arrival order."""
+
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    sids: list[str] = field(default_factory=list)
+    ts_parts: list[np.ndarray] = field(default_factory=list)
+    val_parts: list[np.ndarray] = field(default_factory=list)
+
+    def extend(self, other: "_Parts") -> None:
+        for sid, lbl in other.labels.items():
+            self.labels.setdefault(sid, lbl)
+        self.sids += other.sids
+        self.ts_parts += other.ts_parts
+        self.val_parts += other.val_parts
+
+
+def _too_many(what: str, count: int, limit: int, watch: str | None, query: str) -> TooManySeries:
+    return TooManySeries(
+        f"{what}, more than the limit of {limit}", count=count, limit=limit, watch=watch, query=query,
+        hint="narrow the query with label matchers or aggregation, or raise watches[].max_series",
+    )
+
+
+def _pack(sizes: dict[str, int], cap: int, label: str, watch: str | None, query: str) -> list[list[str]]:
+    """Label values in groups of at most ``cap`` series: in value order, each into the last group while it fits."""
+    groups: list[list[str]] = []
+    room: list[int] = []
+    for value in sorted(sizes):
+        n = sizes[value]
+        if n > cap:
+            raise TooManySeries(
+                f"{n} series have {label}={value!r}, more than prometheus.max_series_per_query ({cap}), "
+                "so splitting by this label cannot keep every query under the cap",
+                count=n, limit=cap, watch=watch, query=query,
+                hint="split by a finer label (watches[].split_by) or raise prometheus.max_series_per_query",
+            )
+        if groups and room[-1] >= n:
+            groups[-1].append(value)
+            room[-1] -= n
+        else:
+            groups.append([value])
+            room.append(cap - n)
+    return groups
+
+
+def _promql_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _restrict(query: str, label: str, values: list[str]) -> str:
+    """``query`` limited to series whose ``label`` is one of ``values`` ("" = label absent).
+
+    A plain selector gets a regex matcher; any other expression is intersected
+    ``and on(label)`` with a literal vector holding one element per value.
+    """
+    try:
+        parse_selector(query)
+        plain = True
+    except BadQuery:
+        plain = False
+    if plain:
+        regex = "|".join(_RE2_SPECIAL.sub(r"\\\1", v) for v in values)
+        matcher = f"{label}=~{_promql_string(regex)}"
+        q = query.strip()
+        if q.endswith("}"):
+            body = q[q.index("{") + 1:-1].strip()
+            return f"{q[:-1].rstrip()}{', ' if body and not body.endswith(',') else ''}{matcher}}}"
+        return f"{q}{{{matcher}}}"
+    literal = " or ".join(
+        f"label_replace(vector(1), {_promql_string(label)}, {_promql_string(v)}, \"\", \"\")" if v else "vector(1)"
+        for v in values
+    )
+    return f"({query}) and on({label}) ({literal})"
 
 
 def _on_grid(
