@@ -269,3 +269,14 @@ def test_chart_series_ids_invert_output_labels(labels):
     from aiops.outputs import ANOMALY_SCORE, output_labels
 
     assert _source_labels(output_labels(labels, ANOMALY_SCORE, WATCH)) == labels
+
+
+def test_approve_buttons_follow_the_watch_actions(seeded, tmp_path):
+    action = {"name": "restart-checkout", "url": "http://127.0.0.1:9/hook", "description": f"Restart {HOSTILE}"}
+    app = create_app(ui_config(tmp_path, actions=[action]), seeded.store)
+    html = app.test_client().get("/ui/").get_data(as_text=True)
+    assert f'class="approve" data-watch="{WATCH}" data-action="restart-checkout" data-event="{seeded.event_id}"' in html
+    assert 'title="Restart &lt;script&gt;' in html
+    assert_safe(html)
+    plain = create_app(seeded.config, seeded.store).test_client().get("/ui/").get_data(as_text=True)
+    assert 'class="approve"' not in plain  # no configured action, no button
