@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 
 from aiops.models.base import BaseForecaster
-from aiops.models.data import Panel, detect_season, fill_gaps, robust_scale
+from aiops.models.data import Panel, detect_season, fill_gaps, robust_scale, robust_scale_rows
 
 logger = logging.getLogger(__name__)
 
 ALPHAS = np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0])
+GROUP_ROWS = 512  # series fitted together at most (bounds memory)
 
 
 def abs_phase(start: pd.Timestamp, step: pd.Timedelta, n: int, m: int, offset: int = 0) -> np.ndarray:
@@ -132,10 +133,79 @@ class RobustSeasonal(BaseForecaster):
     def _fit(self, panel: Panel) -> None:
         self.series_ = {}
         self.profiles_: dict[str, np.ndarray] = {}
-        for sid, start, y in zip(panel.ids, panel.starts, panel.values):
-            st, prof = self._fit_one(y, start)
-            self.series_[sid] = st
-            self.profiles_[sid] = prof
+        k = int(self.params["seasons"])
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, y in enumerate(panel.values):
+            m = int(self.params["season"]) or detect_season(y, self.step_)
+            if m > 1 and len(y) >= (k + 1) * m and np.isfinite(y).all():
+                groups.setdefault((len(y), m), []).append(i)  # same shape: fitted together
+            else:
+                st, prof = self._fit_one(panel.values[i], panel.starts[i], m)
+                self.series_[panel.ids[i]], self.profiles_[panel.ids[i]] = st, prof
+        for (_, m), idx in groups.items():
+            for c in range(0, len(idx), GROUP_ROWS):
+                part = idx[c : c + GROUP_ROWS]
+                states, profs = self._fit_rows(np.stack([panel.values[i] for i in part]), [panel.starts[i] for i in part], m)
+                for i, st, prof in zip(part, states, profs):
+                    self.series_[panel.ids[i]], self.profiles_[panel.ids[i]] = st, prof
+        self.series_ = {sid: self.series_[sid] for sid in panel.ids}  # panel order, as saved
+
+    def _fit_rows(self, x: np.ndarray, starts: list[pd.Timestamp], m: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """:meth:`_fit_one` for rows of equal length without gaps, as array operations.
+
+        Gives the same states as fitting each row alone (a test checks it); it exists because
+        a watch's series usually share one grid and per-series pandas calls dominate the fit.
+        """
+        r, n = x.shape
+        k = int(self.params["seasons"])
+        tail = (k + 1) * m
+        seg = x[:, n - tail :]
+        trend = pd.DataFrame(seg.T).rolling(m, center=True, min_periods=1).median().to_numpy().T
+        base = np.array([s.value // self.step_.value for s in starts], dtype=np.int64)
+        med = np.median((seg - trend).reshape(r, k + 1, m), axis=1)  # by position within a season
+        prof = np.empty((r, m))
+        np.put_along_axis(prof, (base[:, None] + n - tail + np.arange(m)) % m, med, axis=1)
+        prof -= np.median(prof, axis=1, keepdims=True)
+        d = x - np.take_along_axis(prof, (base[:, None] + np.arange(n)) % m, axis=1)
+        best, best_err = np.ones(r), np.full(r, np.inf)
+        if n - 1 > 5:  # every smoothing factor at once: rows repeated per factor
+            cols = np.tile(np.ascontiguousarray(d.T), (1, len(ALPHAS)))
+            errs = _ses_cols(cols, np.repeat(ALPHAS, r), err_from=(n - 1) // 5).reshape(len(ALPHAS), r)
+            for a, err in zip(ALPHAS, errs):
+                better = err < best_err - 1e-12
+                best, best_err = np.where(better, a, best), np.where(better, err, best_err)
+        slope = self._slope_rows(d, m)
+        lev = _ses_rows(d, best)
+        grid = _lag_grid(max(1, n // 2))
+        grid = grid[grid < n]
+        qa, qb = (1 - self.level) / 2, (1 + self.level) / 2
+        q = np.empty((2, r, len(grid)))
+        for j, h in enumerate(grid):
+            e = d[:, h:] - (lev[:, :-h] + h * slope[:, None])
+            e = e[:, (n - h) // 5 :] if n - h > 20 else e
+            q[:, :, j] = np.quantile(e, [qa, qb], axis=1)
+        g = [int(v) for v in grid]
+        states = [
+            {"season": m, "alpha": float(best[i]), "slope": float(slope[i]), "grid": g,
+             "q_lo": q[0, i].tolist(), "q_hi": q[1, i].tolist()}
+            for i in range(r)
+        ]
+        return states, prof
+
+    def _slope_rows(self, d: np.ndarray, m: int) -> np.ndarray:
+        """:meth:`_slope` of every row of ``d`` (no gaps)."""
+        r, n = d.shape
+        mode = self.params["trend"]
+        if mode == "none" or n < 8:
+            return np.zeros(r)
+        w = min(n, max(4 * m, 64))
+        seg = d[:, n - w :]
+        third = max(w // 3, 1)
+        slope = (np.median(seg[:, -third:], axis=1) - np.median(seg[:, :third], axis=1)) / max(w - third, 1)
+        if mode == "linear":
+            return slope
+        noise = robust_scale_rows(np.diff(seg, axis=1))
+        return np.where(np.abs(slope) * w > 3.0 * noise * np.sqrt(third) / np.sqrt(2), slope, 0.0)
 
     # ------------------------------------------------------------------ fitting one series
 
@@ -152,8 +222,8 @@ class RobustSeasonal(BaseForecaster):
         prof = np.where(np.isfinite(prof), prof, 0.0)
         return prof - np.median(prof)
 
-    def _fit_one(self, y: np.ndarray, start: pd.Timestamp) -> tuple[dict[str, Any], np.ndarray]:
-        m = int(self.params["season"]) or detect_season(y, self.step_)
+    def _fit_one(self, y: np.ndarray, start: pd.Timestamp, m: int | None = None) -> tuple[dict[str, Any], np.ndarray]:
+        m = m or int(self.params["season"]) or detect_season(y, self.step_)
         x = fill_gaps(y)
         prof = self._profile(x, start, m)
         d = x - prof[abs_phase(start, self.step_, len(x), len(prof))]
@@ -213,20 +283,30 @@ class RobustSeasonal(BaseForecaster):
     # ------------------------------------------------------------------ predicting
 
     def _forecast(self, panel: Panel, horizon: int):
-        yh, lo, hi = [], [], []
+        n_rows = len(panel)
+        yh, lo, hi = [None] * n_rows, [None] * n_rows, [None] * n_rows
         h = np.arange(1, horizon + 1)
-        for sid, start, y in zip(panel.ids, panel.starts, panel.values):
-            st, prof = self._state_for(sid, y, start)
-            x = fill_gaps(y)
-            obs = np.isfinite(y)
-            m = len(prof)
-            d = x - prof[abs_phase(start, self.step_, len(x), m)]
-            level = _ses(d, obs, st["alpha"])[-1]
-            f = level + st["slope"] * h + prof[abs_phase(start, self.step_, horizon, m, offset=len(x))]
+        states = [self._state_for(sid, y, start) for sid, start, y in zip(panel.ids, panel.starts, panel.values)]
+        levels = np.empty(n_rows)
+        groups: dict[tuple[int, int, float], list[int]] = {}
+        for i, ((st, prof), start, y) in enumerate(zip(states, panel.starts, panel.values)):
+            if np.isfinite(y).all():
+                groups.setdefault((len(y), len(prof), st["alpha"]), []).append(i)
+            else:
+                x = fill_gaps(y)
+                d = x - prof[abs_phase(start, self.step_, len(x), len(prof))]
+                levels[i] = _ses(d, np.isfinite(y), st["alpha"])[-1]
+        for (n, m, alpha), idx in groups.items():  # same length and smoothing: one pandas call
+            base = np.array([panel.starts[i].value // self.step_.value for i in idx], dtype=np.int64)
+            prof = np.stack([states[i][1] for i in idx])
+            d = np.stack([panel.values[i] for i in idx]) - np.take_along_axis(prof, (base[:, None] + np.arange(n)) % m, axis=1)
+            levels[idx] = _ses_rows(d, alpha)[:, -1]
+        for i, ((st, prof), start, y) in enumerate(zip(states, panel.starts, panel.values)):
+            f = levels[i] + st["slope"] * h + prof[abs_phase(start, self.step_, horizon, len(prof), offset=len(y))]
             grid = np.asarray(st["grid"])
-            yh.append(f)
-            lo.append(f + np.minimum(_interp_q(grid, np.asarray(st["q_lo"]), h), 0))
-            hi.append(f + np.maximum(_interp_q(grid, np.asarray(st["q_hi"]), h), 0))
+            yh[i] = f
+            lo[i] = f + np.minimum(_interp_q(grid, np.asarray(st["q_lo"]), h), 0)
+            hi[i] = f + np.maximum(_interp_q(grid, np.asarray(st["q_hi"]), h), 0)
         return yh, lo, hi
 
     def _one_step(self, sid: str, y: np.ndarray, t0: pd.Timestamp) -> np.ndarray:
@@ -255,6 +335,39 @@ class RobustSeasonal(BaseForecaster):
 
             raise ModelError("saved robust model is inconsistent: profiles do not match its series")
         self.profiles_ = {sid: arrays[f"profile.{i}"] for i, sid in enumerate(order)}
+
+
+def _ses_rows(d: np.ndarray, alpha: float | np.ndarray, *, err_from: int | None = None):
+    """:func:`_ses` of every row of ``d`` (no gaps), one array step per time step.
+
+    ``alpha`` is one factor or one per row. The update is pandas' ``ewm(adjust=False)``
+    arithmetic, so rows agree with :func:`_ses`. With ``err_from``, returns instead the mean
+    absolute one-step error ``|d[t] - level[t-1]|`` over ``t > err_from`` per row (without
+    keeping the levels).
+    """
+    return _ses_cols(np.ascontiguousarray(d.T), alpha, err_from=err_from)
+
+
+def _ses_cols(cols: np.ndarray, alpha: float | np.ndarray, *, err_from: int | None = None):
+    """:func:`_ses_rows` on the transposed array (time steps as rows); returns rows again."""
+    n, r = cols.shape
+    a = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (r,))
+    keep, den = 1.0 - a, (1.0 - a) + a
+    w = cols[0].copy()
+    out = None if err_from is not None else np.empty_like(cols)
+    err = np.zeros(r)
+    if out is not None:
+        out[0] = w
+    for t in range(1, n):
+        cur = cols[t]
+        if err_from is not None and t > err_from:
+            err += np.abs(cur - w)
+        w = np.where(w != cur, (keep * w + a * cur) / den, w)
+        if out is not None:
+            out[t] = w
+    if err_from is not None:
+        return err / max(n - 1 - err_from, 1)
+    return out.T
 
 
 def _ses(d: np.ndarray, obs: np.ndarray, alpha: float) -> np.ndarray:
