@@ -6,15 +6,12 @@ so the webhook's inserts compete with the workers' claims and completions for th
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from aiops.config import AiopsConfig
-from aiops.service.commands import build_service, make_server
 from aiops.service.inbox import Inbox
-from aiops.store import Store
 from benchmarks.webhook_load import check_stored, make_alerts, send_load
+from tests.fixtures.service import running_service
 
 TOKEN = "l0ad-token"
 
@@ -28,16 +25,8 @@ def service(tmp_path):
             "service": {"token": TOKEN, "workers": 2, "retry_backoff": "0.1s"},
         }
     )
-    store = Store.open(cfg.store.url)
-    app, pool = build_service(cfg, store=store)
-    server = make_server(app, "127.0.0.1", 0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    pool.start()
-    yield f"http://127.0.0.1:{server.effective_port}", store
-    pool.stop(10)
-    server.close()
-    thread.join(10)
+    with running_service(cfg) as svc:
+        yield svc.url, svc.store
 
 
 def test_500_alerts_from_4_senders_with_resends_are_stored_exactly_once(service):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +11,7 @@ from aiops.config import AiopsConfig
 from aiops.scheduler import Scheduler
 from aiops.store import Store, explanations
 from tests.fixtures.grafana_double import GrafanaDouble
+from tests.fixtures.service import wait_for
 
 TOKEN = "graf-t0ken"
 SERIES = 'latency_seconds{service="checkout"}'
@@ -38,15 +37,6 @@ def make_config(tmp_path, grafana_url: str) -> AiopsConfig:
                          "infer_every": "1h", "model": {"kind": "seasonal_naive"}, "dashboard": False}],
         }
     )
-
-
-def wait_for(pred, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def explained(store: Store) -> list[tuple[str, int]]:
