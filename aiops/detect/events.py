@@ -1,9 +1,12 @@
 """Anomaly scores -> :class:`~aiops.types.AnomalyEvent`.
 
-A run is a stretch of rows of one series scoring at or above ``detector.threshold``; runs
-closer than ``merge_gap`` merge into one; a run shorter than ``min_duration`` is dropped
-unless it is still ongoing at the last row (it may yet grow). Severity comes from the peak
-score; the direction from the shape of the residuals over the event.
+An event starts at a row of one series scoring at or above ``detector.threshold`` and lasts
+while the following rows stay outside the band (score at or above 1.0, ``BAND_EDGE``): a score
+above 1 counts only new information (:mod:`aiops.models.calibrate`), so the rows of a lasting
+shift after its onset score 1.0 and belong to the event that the onset opened. Runs closer
+than ``merge_gap`` merge into one; a run shorter than ``min_duration`` is dropped unless it is
+still ongoing at the last row (it may yet grow). Severity comes from the peak score; the
+direction from the shape of the residuals over the event.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 REQUIRED = ("series_id", "ts", "anomaly_score")
 LEVEL_MIN_ROWS = 6  # a run at least this long that keeps its sign is a shift, not a spike
+BAND_EDGE = 1.0  # anomaly_score of the calibrated band's edge
 
 
 def scores_to_events(
@@ -69,10 +73,19 @@ def _runs(hot: np.ndarray, ts: np.ndarray, merge_gap: np.timedelta64) -> list[tu
     return [(a, b) for a, b in runs]
 
 
+def _hot(score: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows at or above ``threshold``, each extended over the out-of-band rows right after it."""
+    alert = score >= threshold
+    out = score >= BAND_EDGE
+    run = np.cumsum(~out)  # out-of-band rows in one contiguous stretch share a number
+    started = pd.Series(alert).groupby(run).cummax().to_numpy()
+    return alert | (out & started)
+
+
 def _series_events(sid: str, g: pd.DataFrame, watch: str, det: DetectorConfig, labels: dict) -> list[AnomalyEvent]:
     score = g["anomaly_score"].to_numpy(dtype=np.float64)
     ts = g["ts"].to_numpy()
-    hot = np.nan_to_num(score, nan=0.0) >= det.threshold
+    hot = _hot(np.nan_to_num(score, nan=0.0), det.threshold)
     step = np.median(np.diff(ts)) if len(ts) > 1 else np.timedelta64(0, "ns")
     gap = np.timedelta64(int(det.merge_gap.td.value), "ns")
     min_dur = det.min_duration.td

@@ -132,8 +132,10 @@ def detect_frame(
     bar.close()
     parts = []
     window = int((params or {}).get("calib_window", 2000))
+    # deviations that recur at the same time of day are not new (see aiops.models.calibrate)
+    season = int(round(pd.Timedelta(days=1) / panel.step)) if panel.step < pd.Timedelta(days=1) else None
     for i, sid in enumerate(panel.ids):
-        s = causal_scores(panel.values[i], preds[i], level, window=window)
+        s = causal_scores(panel.values[i], preds[i], level, window=window, season=season)
         pos = panel.positions[i]
         parts.append(pd.DataFrame({
             "series_id": sid,

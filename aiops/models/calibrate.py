@@ -5,6 +5,23 @@ from ``y[:t]``) is divided by a robust residual scale updated from earlier resid
 result is compared with the split-conformal quantiles of the same ratio over a trailing
 window. ``anomaly_score = 1`` is exactly the band edge, so on exchangeable normal data the
 share of points with a score at or above 1 is ``1 - level``.
+
+What ``anomaly_score`` means:
+
+* ``0 <= s < 1``: inside the band; ``s = log p / log(1 - level)`` with ``p`` the causal tail
+  probability of the residual's size, so the band edge is ``s = 1`` and a row is at or above 1
+  exactly when it is outside the band.
+* ``s > 1``: outside the band *and new*: ``s`` is the surprise of the deviation (same formula,
+  so ``s`` means a tail probability of about ``(1 - level)^s``) counted only when the deviation
+  is new information. It is not new when the series had a value as close at the same time of
+  day (within ``RECUR_WIDTH`` steps) on one of the last ``RECUR_DAYS`` days (a daily cron job
+  is not an anomaly however far it leaves the band), and it is not new when it is no more
+  surprising than a row of the previous ``2 * halflife`` steps (one alert per change, not one
+  per row of a lasting shift).
+* ``s == 1``: outside the band but not new. A sustained deviation therefore scores above 1
+  at its onset (and again whenever it grows) and exactly 1.0 while it lasts; events
+  (:mod:`aiops.detect.events`) start at the new rows and last while the series stays outside
+  its band.
 """
 
 from __future__ import annotations
@@ -86,7 +103,7 @@ def tail_probability(
         # generalised Pareto tail with a fixed shape: heavier than exponential, so one huge
         # residual on a very quiet series does not reach absurd improbabilities
         pt = (k / (m + 1.0)) * (1.0 + shape * np.maximum(seg - u, 0.0) / beta) ** (-1.0 / shape)
-        p[c : c + every] = np.where(seg > u, np.minimum(pe, pt), pe)
+        p[c : c + every] = np.where(np.isnan(seg), np.nan, np.where(seg > u, np.minimum(pe, pt), pe))
     return p
 
 
@@ -98,6 +115,33 @@ def _surprise(p: np.ndarray, level: float) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         s = np.log(np.clip(p, 1e-300, 1.0)) / np.log(1.0 - level)
     return np.where(np.isfinite(s), np.maximum(s, 0.0), 0.0)
+
+
+RECUR_DAYS = 3
+RECUR_WIDTH = 3
+
+
+def seasonal_distance(y: np.ndarray, season: int, *, seasons: int = RECUR_DAYS, width: int = RECUR_WIDTH) -> np.ndarray:
+    """Distance from ``y[t]`` to the nearest earlier value at the same phase.
+
+    The candidates are ``y[t - k * season + j]`` for ``k = 1..seasons`` and ``|j| <= width``
+    (all strictly before ``t``); NaN where there is no finite candidate yet.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    best = np.full(n, np.inf)
+    lags = {k * season - j for k in range(1, seasons + 1) for j in range(-width, width + 1)}
+    for lag in sorted(lag for lag in lags if 0 < lag < n):
+        d = np.abs(y[lag:] - y[:-lag])
+        best[lag:] = np.fmin(best[lag:], np.where(np.isfinite(d), d, np.inf))
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def new_information(s: np.ndarray, hold: int) -> np.ndarray:
+    """True where ``s[t]`` exceeds every value of ``s[t - hold : t]`` (causal; NaN never counts)."""
+    s = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=-np.inf)
+    prev = pd.Series(s).shift(1).rolling(max(int(hold), 1), min_periods=1).max().to_numpy()
+    return s > np.nan_to_num(prev, nan=-np.inf)
 
 
 def causal_spread(y: np.ndarray, every: int = 64) -> np.ndarray:
@@ -127,13 +171,18 @@ def causal_scores(
     floor_frac: float = 0.02,
     shape: float = 0.5,
     extra: bool = False,
+    season: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Band and anomaly score for every step of ``y`` given causal predictions ``pred``.
 
-    The residual is divided by a causal robust scale (:func:`ew_scale`); the score is
+    The residual is divided by a causal robust scale (:func:`ew_scale`); the point surprise is
     ``log p / log(1 - level)`` with ``p`` the causal tail probability of that ratio's size
     (:func:`tail_probability`), so 1.0 is the conformal band edge and the score grows with
-    the surprise beyond it in a way comparable across series.
+    the surprise beyond it in a way comparable across series. Above 1.0 only new information
+    counts (see the module docstring): with ``season`` (steps per day) a deviation is also
+    scored by the surprise of its distance to the same time of the last days
+    (:func:`seasonal_distance`) and keeps the smaller of the two; a row that does not beat the
+    previous ``2 * halflife`` rows (:func:`new_information`) scores 1.0.
 
     Returns arrays ``anomaly_score`` (0 where not yet calibrated), ``yhat``, ``yhat_lower``,
     ``yhat_upper`` (NaN where not yet calibrated), all of ``len(y)``.
@@ -161,6 +210,7 @@ def causal_scores(
         zv = np.abs(y - med) / causal_spread(y)
         for a in (zs, zv):
             score = np.maximum(score, _surprise(tail_probability(a, window=window, shape=shape), level) - EXTRA_OFFSET)
+    score = _only_new(score, y, level, season=season, window=window, shape=shape, burn=burn, hold=int(2 * halflife))
     # band half-width: the conformal ``level`` quantile of past |z|, in the series' units
     zr = np.where(np.arange(len(z)) >= burn, z, np.nan)
     q = pd.Series(zr).rolling(window, min_periods=MIN_RESIDUALS).quantile(level).shift(1).to_numpy()
@@ -168,6 +218,20 @@ def causal_scores(
     # a missed scrape is not evidence of anything: no observation, no score
     score = np.where(np.isfinite(y), score, np.nan)
     return {"anomaly_score": score, "yhat": pred, "yhat_lower": pred - q * scale, "yhat_upper": pred + q * scale}
+
+
+def _only_new(point: np.ndarray, y: np.ndarray, level: float, *, season: int | None, window: int,
+              shape: float, burn: int, hold: int) -> np.ndarray:
+    """Scores above 1 kept only for new deviations; the others outside the band score 1.0."""
+    novel = point
+    if season is not None and season >= 2 * RECUR_WIDTH + 2:
+        # in the series' units: the tail fit is scale-free when its floor on the tail scale is off
+        dist = seasonal_distance(y, season)
+        p = tail_probability(dist, window=window, shape=shape, ref_start=burn, min_beta=0.0)
+        # where the same time of day has no history yet, only the point surprise speaks
+        novel = np.where(np.isfinite(p), np.minimum(point, _surprise(p, level)), point)
+    novel = np.where(point <= 1.0, point, np.maximum(novel, 1.0))
+    return np.where(point <= 1.0, point, np.where(new_information(novel, hold), novel, 1.0))
 
 
 def conformal_factor(residuals: np.ndarray, half_widths: np.ndarray, level: float) -> float:
