@@ -16,6 +16,7 @@ import yaml
 from aiops.config import AiopsConfig
 from aiops.scheduler import LeaderLease, Scheduler
 from aiops.store import Store
+from tests.fixtures.service import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,15 +54,6 @@ class Recorder:
     def nodes(self, since: float = 0.0) -> set[str]:
         with self.lock:
             return {n for n, _, t in self.calls if t >= since}
-
-
-def wait_for(pred, timeout: float, step: float = 0.02) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def test_lease_is_exclusive_renewable_and_expires(store):
