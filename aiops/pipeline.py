@@ -73,18 +73,29 @@ class Stages:
     executor: Any = None  # aiops.executors.Executor; default: the config's executor section
 
 
-def score_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | None = None) -> pd.DataFrame:
+def score_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | None = None, *, model: Any = None) -> pd.DataFrame:
     """Causal anomaly scores for every observation of the batch.
 
-    The history is scored as a backtest (fit on the past, refit on the model's default
-    schedule), so events in the window are found the way a running scheduler would find them.
-    Each shard of series (see :mod:`aiops.executors`) is scored on its own with its own seed.
+    With ``model`` (the watch's serving version, see :func:`fit_watch`) each row is scored from
+    the model's one-step prediction, in this process. Without, the history is scored as a
+    backtest (fit on the past, refit on the model's default schedule), so events in the window
+    are found the way a running scheduler would find them; each shard of series (see
+    :mod:`aiops.executors`) is scored on its own with its own seed.
     """
+    if model is not None:
+        from aiops.models.lifecycle import scoring_model
+
+        return scoring_model(model).score(batch.frame, window=watch.model.params.get("calib_window"))
     return (executor or LocalExecutor()).map_shards(partial(_score_shard, watch=watch), batch)
 
 
-def forecast_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | None = None) -> pd.DataFrame:
-    """Quantile forecast over the watch's horizon after the last observation, per shard."""
+def forecast_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | None = None, *, model: Any = None) -> pd.DataFrame:
+    """Quantile forecast over the watch's horizon after the last observation.
+
+    From ``model`` (the serving version) when given, else fitted on the fly per shard.
+    """
+    if model is not None:
+        return model.predict(max(1, int(watch.horizon.td / watch.step.td)), batch=batch.frame)
     return (executor or LocalExecutor()).map_shards(partial(_forecast_shard, watch=watch), batch)
 
 
@@ -293,12 +304,13 @@ def run_watch(
         result.batch = batch
         now = batch.frame["ts"].max()
         executor = stages.executor or executor_for(config.executor)
-        result.scores = score_watch(batch, watch, executor)
+        serving = _serving_model(store, watch)
+        result.scores = score_watch(batch, watch, executor, model=serving)
         events = scores_to_events(result.scores, watch=watch.name, detector=watch.detector, labels=batch.labels)
         for ev in events:
             store.upsert_event(ev)
         result.events = events
-        result.forecast = forecast_watch(batch, watch, executor)
+        result.forecast = forecast_watch(batch, watch, executor, model=serving)
         result.capacity = _capacity(result.forecast, watch, now)
         write_outputs(
             store, watch.name, batch.labels, scores=result.scores, forecast=result.forecast,
@@ -320,6 +332,121 @@ def run_watch(
         details={"events": len(result.events), "explained": len(result.explanations)},
     )
     result.seconds = time.perf_counter() - t0
+    return result
+
+
+def models_root(config: AiopsConfig) -> Path:
+    """Where model versions are saved: ``<output_dir>/models/<watch>/v<N>`` (shared by all scheduler nodes)."""
+    return Path(config.output_dir) / "models"
+
+
+def _serving_model(store: Store, watch: WatchConfig) -> Any:
+    """The watch's serving model version when it fits the watch's config, else None."""
+    from aiops.models.lifecycle import load_serving_for
+
+    try:
+        return load_serving_for(store, watch.name, watch.model.kind, watch.step.td)
+    except AiopsError as exc:  # a store problem must not stop the run: fit on the fly
+        logger.warning("watch %s: cannot look up the serving model: %s", watch.name, exc)
+        return None
+
+
+@dataclass
+class FitResult:
+    """What one fit of one watch produced."""
+
+    watch: str
+    version: Any = None  # aiops.models.lifecycle.VersionResult
+    val_error: float | None = None
+    drift: float | None = None  # recent error of the model serving before / its validation error
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def fit_watch(batch: SeriesBatch, watch: WatchConfig, store: Store, *, root: str | Path, refit: bool = True) -> FitResult:
+    """Fit the watch's model on ``batch`` and register it as the watch's next model version.
+
+    1. Drift: the model serving so far forecasts the observations after the data it was fitted
+       on; its error there over its validation error is recorded (``record_drift``).
+    2. Validation: a model fitted without the last horizon of every series (at most a quarter
+       of the history) forecasts it; its error (MAE over the in-sample seasonal-naive MAE,
+       mean over series) is the validation error. When the serving model was fitted on data
+       ending before that held-out tail, it forecasts the same tail and the two errors are
+       compared; otherwise the serving version's own validation error is the bar.
+    3. The model is refitted on everything (``refit``; else the validated model is kept) and
+       registered: promoted to serving when its validation error is not worse than the bar,
+       otherwise kept as ``rejected`` and reported in the result and the log.
+    """
+    from aiops.models.api import make_model
+    from aiops.models.lifecycle import forecast_error, record_drift, register_version, split_tail
+
+    t0 = time.perf_counter()
+    result = FitResult(watch.name)
+    step = batch.step or watch.step.td
+    frame = batch.frame
+    serving = _serving_model(store, watch)
+    fitted_end = None
+    if serving is not None:
+        from aiops.models.lifecycle import serving_version
+
+        fitted_end = ((serving_version(store, watch.name) or {}).get("details") or {}).get("data_end")
+        if fitted_end:
+            end = pd.Timestamp(fitted_end)
+            recent = forecast_error(serving, frame[frame["ts"] <= end], frame[frame["ts"] > end], step)
+            if recent is not None:
+                result.drift = record_drift(store, watch.name, recent)
+    horizon = max(1, int(watch.horizon.td / watch.step.td))
+    longest = int(frame.groupby("series_id")["ts"].count().max())
+    tail = max(1, min(horizon, longest // 4))
+    history, held, cut = split_tail(frame, tail, step)
+    serving_error = None
+    if fitted_end and pd.Timestamp(fitted_end) <= cut:  # the serving model has not seen the tail either
+        serving_error = forecast_error(serving, history, held, step)
+
+    def new_model():
+        m = make_model(watch.model.kind, level=watch.model.level, seed=watch.model.seed, params=watch.model.params or None)
+        if hasattr(m, "horizon"):
+            m.horizon = horizon
+        return m
+
+    model = new_model().fit(history, step=step)
+    result.val_error = forecast_error(model, history, held, step)
+    if refit:
+        model = new_model().fit(frame, step=step)
+    details = {"data_end": pd.Timestamp(frame["ts"].max()).isoformat(), "series": len(batch.series_ids),
+               "holdout_steps": tail, "refit": refit}
+    result.version = register_version(store, watch.name, model, root, val_error=result.val_error, details=details,
+                                      serving_error=serving_error)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def run_fit(
+    config: AiopsConfig, watch: WatchConfig, *, source: MetricSource, store: Store, end: pd.Timestamp | None = None
+) -> FitResult:
+    """The scheduler's fit job: fetch the watch's history and :func:`fit_watch` it.
+
+    Recorded in the store's job runs as kind ``fit``; an error is recorded and carried in the
+    result, never raised.
+    """
+    run_id = store.start_run(watch.name, "fit")
+    t0 = time.perf_counter()
+    try:
+        batch = fetch_watch(config, watch, source=source, end=end)
+        result = fit_watch(batch, watch, store, root=models_root(config))
+    except AiopsError as exc:
+        logger.warning("fit of watch %s failed: %s", watch.name, exc)
+        store.finish_run(run_id, status="error", error=str(exc))
+        return FitResult(watch.name, error=str(exc), seconds=time.perf_counter() - t0)
+    v = result.version
+    if not v.promoted:
+        logger.warning("watch %s: new model v%d not promoted (validation error %s, serving %s)",
+                       watch.name, v.version, v.val_error, v.serving_error)
+    store.finish_run(
+        run_id, series=len(batch.series_ids), points=int(batch.frame["value"].notna().sum()),
+        details={"version": v.version, "status": v.status, "val_error": v.val_error,
+                 "serving_error": v.serving_error, "drift": result.drift},
+    )
     return result
 
 

@@ -13,8 +13,10 @@ explain and annotate stages the config asks for (:func:`aiops.pipeline.build_sta
 events that are new or grew since their last explanation are explained; annotations go
 through the store's outbox and are flushed after each run, and retried by the next run or by
 any ``aiops serve`` replica), and
-``fit:<watch>`` every ``fit_every`` calls ``aiops.pipeline.fit_watch`` when the pipeline has
-one (``run_watch`` records each run in ``job_runs``). Jobs coalesce missed runs, never overlap,
+``fit:<watch>`` every ``fit_every`` (the first one ``fit_every`` after start) calls
+:func:`aiops.pipeline.run_fit`, which fits the watch's model and registers it as a new model
+version, promoted only when not worse than the serving one; infer runs use the serving version
+when there is one (both record each run in ``job_runs``). Jobs coalesce missed runs, never overlap,
 and carry a little jitter so many watches do not hit Prometheus at the same second.
 SIGTERM/SIGINT stop gracefully (running jobs finish, the lease is released so another node
 takes over at once); SIGHUP reloads the config: jobs are replaced, the lease is kept.
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_NAME = "scheduler"
 RunWatch = Callable[..., Any]  # run_watch(config, watch, *, source, store)
+DEFAULT_FIT: Any = object()  # Scheduler(fit_watch=...) default: aiops.pipeline.run_fit
 
 
 class LeaderLease:
@@ -143,7 +146,7 @@ class Scheduler:
         store: the shared store (default: open ``config.store.url``).
         source: the metric source (default: built from the config, rebuilt on reload).
         run_watch: the infer job (default :func:`aiops.pipeline.run_watch`).
-        fit_watch: the fit job (default ``aiops.pipeline.fit_watch`` if it exists, else none).
+        fit_watch: the fit job (default :func:`aiops.pipeline.run_fit`; None: no fit jobs).
         lease_ttl: seconds of leadership per renewal (default ``service.lease``).
         holder: this node's id in the lease.
         first_run_delay: seconds before a new leader's first infer run of each watch.
@@ -158,7 +161,7 @@ class Scheduler:
         store: Store | None = None,
         source: Any = None,
         run_watch: RunWatch | None = None,
-        fit_watch: RunWatch | None = None,
+        fit_watch: Any = DEFAULT_FIT,
         lease_ttl: float | None = None,
         holder: str | None = None,
         first_run_delay: float = 1.0,
@@ -173,7 +176,7 @@ class Scheduler:
         self._own_source = source is None
         self.source = source
         self.run_watch = run_watch or pipeline.run_watch
-        self.fit_watch = fit_watch if fit_watch is not None else getattr(pipeline, "fit_watch", None)
+        self.fit_watch = pipeline.run_fit if fit_watch is DEFAULT_FIT else fit_watch
         takes_stages = "stages" in inspect.signature(self.run_watch).parameters
         self._own_stages = stages is None and takes_stages
         self.stages = stages if takes_stages else None

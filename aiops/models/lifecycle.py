@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 
-from aiops.errors import ModelError, StoreError
+from aiops.errors import AiopsError, ModelError, StoreError
 from aiops.models.base import BaseForecaster
 from aiops.store import Store, model_versions, utcnow
 
@@ -65,10 +67,13 @@ def register_version(
     *,
     val_error: float | None = None,
     details: dict[str, Any] | None = None,
+    serving_error: float | None = None,
 ) -> VersionResult:
     """Save ``model`` as the next version of ``watch`` and promote it if not worse.
 
-    ``val_error`` defaults to the model's ``val_error_`` (held-out error). A model without a
+    ``val_error`` defaults to the model's ``val_error_`` (held-out error). It is compared with
+    ``serving_error``, the serving model's error on the same held-out data when the caller
+    could measure it, else with the serving version's own validation error. A model without a
     validation error is promoted only when nothing serves yet.
     """
     if val_error is None:
@@ -82,7 +87,7 @@ def register_version(
         cur = conn.execute(
             sa.select(c.id, c.val_error).where((c.watch == watch) & (c.status == SERVING))
         ).first()
-        serving_err = cur.val_error if cur else None
+        serving_err = (serving_error if serving_error is not None else cur.val_error) if cur else None
         if cur is None:
             status = SERVING
         elif val_error is None or serving_err is None:
@@ -158,3 +163,78 @@ def record_drift(store: Store, watch: str, recent_error: float) -> float | None:
     except StoreError:
         raise
     return drift
+
+
+def load_serving_for(store: Store, watch: str, kind: str, step: pd.Timedelta) -> BaseForecaster | None:
+    """The serving model of ``watch`` if it is a ``kind`` model on grid ``step``, else None.
+
+    A serving model of another kind or step (the config changed since it was fitted) or one
+    whose files cannot be read is logged and not used: the caller fits on the fly instead.
+    """
+    row = serving_version(store, watch)
+    if row is None:
+        return None
+    if row["kind"] != kind:
+        logger.info("watch %s: serving model v%d is a %r, the config asks for %r; fitting on the fly",
+                    watch, row["version"], row["kind"], kind)
+        return None
+    try:
+        model = BaseForecaster.load(row["path"])
+    except AiopsError as exc:
+        logger.warning("watch %s: serving model v%d cannot be loaded (%s); fitting on the fly", watch, row["version"], exc)
+        return None
+    if model.step_ != pd.Timedelta(step):
+        logger.info("watch %s: serving model v%d is on a %s grid, the watch on %s; fitting on the fly",
+                    watch, row["version"], model.step_, step)
+        return None
+    return model
+
+
+def scoring_model(model: BaseForecaster) -> BaseForecaster:
+    """The part of a fitted model that gives one-step predictions for anomaly scores.
+
+    ``auto`` scores with its robust baseline, as :func:`aiops.models.registry.detect_kind`
+    does for models fitted on the fly.
+    """
+    return getattr(model, "robust_", model) if model.NAME == "auto" else model
+
+
+def split_tail(frame: pd.DataFrame, steps: int, step: pd.Timedelta) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    """``(history, held-out tail, cut)``: rows after ``cut = last timestamp - steps * step`` are held out."""
+    cut = pd.Timestamp(frame["ts"].max()) - steps * pd.Timedelta(step)
+    after = frame["ts"] > cut
+    return frame[~after].reset_index(drop=True), frame[after].reset_index(drop=True), cut
+
+
+def forecast_error(model: BaseForecaster, history: pd.DataFrame, actual: pd.DataFrame, step: pd.Timedelta) -> float | None:
+    """Mean over series of the forecast MAE on ``actual`` from ``history``, scaled per series.
+
+    The scale is the series' in-sample seasonal-naive MAE (lag one day, or one step with less
+    than two days of history), so 1.0 means as good as repeating yesterday (a MASE). Series
+    without history, actuals or a positive scale are left out; None when none is left.
+    """
+    from aiops.eval.forecast import naive_scale, season_length
+    from aiops.models.data import to_panel
+
+    if history.empty or actual.empty:
+        return None
+    step = pd.Timedelta(step)
+    h = int(round((pd.Timestamp(actual["ts"].max()) - pd.Timestamp(history["ts"].max())) / step))
+    if h < 1:
+        return None
+    known = actual[actual["series_id"].isin(set(history["series_id"]))]
+    if known.empty:
+        return None
+    fc = model.predict(h, batch=history)
+    both = known.merge(fc, on=["series_id", "ts"], how="inner").dropna(subset=["value", "yhat"])
+    if both.empty:
+        return None
+    panel = to_panel(history, step)
+    m = season_length(step)
+    scale = {sid: naive_scale(y, m) for sid, y in zip(panel.ids, panel.values)}
+    errs = []
+    for sid, g in both.groupby("series_id"):
+        s = scale.get(str(sid), float("nan"))
+        if s > 0:
+            errs.append(float(np.mean(np.abs(g["value"].to_numpy() - g["yhat"].to_numpy()))) / s)
+    return float(np.mean(errs)) if errs else None

@@ -106,3 +106,109 @@ def test_cli_models_list_promote_rollback(tmp_path):
     assert run.invoke(cli, ["models", "rollback", "-c", str(cfg), "w"]).exit_code == 0
     bad = run.invoke(cli, ["models", "promote", "-c", str(cfg), "w", "9"])
     assert bad.exit_code == 2 and "no model version 9" in bad.output
+
+
+# ---------------------------------------------------------------- scheduled fits and versions
+
+
+def _watch(kind: str = "robust", **params):
+    from aiops.config import WatchConfig
+
+    return WatchConfig.model_validate({"name": "w", "query": "m", "step": "1h", "history": "21d", "horizon": "1d",
+                                       "model": {"kind": kind, "params": params}})
+
+
+def _batch(frame: pd.DataFrame):
+    from aiops.types import SeriesBatch
+
+    return SeriesBatch(frame=frame, step=pd.Timedelta("1h"), watch="w")
+
+
+def _two_series(n: int, seed: int = 0) -> pd.DataFrame:
+    return pd.concat([seasonal(n, seed=seed, sid="a"), seasonal(n, seed=seed + 1, level=30.0, sid="b")],
+                     ignore_index=True)
+
+
+def test_fit_watch_versions_promote_reject_and_drift(tmp_path):
+    from aiops.pipeline import fit_watch
+
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    watch = _watch()
+    full = _two_series(24 * 16)
+    first = fit_watch(_batch(full[full["ts"] < full["ts"].min() + pd.Timedelta(days=14)]), watch, store,
+                      root=tmp_path / "models")
+    assert first.version.promoted and first.version.version == 1 and first.drift is None
+    assert 0 < first.val_error < 1.5  # a MASE: near or below seasonal naive on a clean seasonal series
+    row = list_versions(store, "w")[0]
+    assert row["details"]["holdout_steps"] == 24 and row["details"]["data_end"].startswith("2024-01-14T23")
+
+    # two more days of the same process: drift of the serving model is recorded, near 1, and
+    # both models are compared on the same held-out day, which v1 has not seen either
+    second = fit_watch(_batch(full), watch, store, root=tmp_path / "models")
+    assert second.drift is not None and 0.3 < second.drift < 3
+    rows = {r["version"]: r for r in list_versions(store, "w")}
+    assert rows[1]["drift"] == pytest.approx(second.drift)
+    assert second.version.serving_error != pytest.approx(first.val_error)
+    assert second.version.promoted == (second.val_error <= second.version.serving_error)
+
+    # the last day breaks away: the model validated on it is worse, kept but not promoted
+    broken = full.copy()
+    tail = broken["ts"] > broken["ts"].max() - pd.Timedelta(hours=24)
+    broken.loc[tail, "value"] = broken.loc[tail, "value"] * 3 + 40
+    serving_before = [r["version"] for r in list_versions(store, "w") if r["status"] == "serving"]
+    third = fit_watch(_batch(broken), watch, store, root=tmp_path / "models")
+    assert third.version.status == "rejected" and not third.version.promoted
+    assert third.val_error > third.version.serving_error
+    assert (tmp_path / "models" / "w" / f"v{third.version.version}" / "config.json").is_file()  # kept
+    assert [r["version"] for r in list_versions(store, "w") if r["status"] == "serving"] == serving_before
+
+
+def test_run_watch_uses_the_serving_version(tmp_path):
+    from aiops.models.lifecycle import load_serving_for
+    from aiops.pipeline import fit_watch, forecast_watch, score_watch
+
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    watch = _watch()
+    history = _two_series(24 * 14)
+    fit_watch(_batch(history), watch, store, root=tmp_path / "models")
+    # two days later the daily shape has flipped: the serving model still carries the old profile
+    later = _two_series(24 * 16, seed=5)
+    later = later[later["ts"] >= later["ts"].min() + pd.Timedelta(days=2)].copy()
+    later["value"] = 2 * later.groupby("series_id")["value"].transform("mean") - later["value"]
+    batch = _batch(later.reset_index(drop=True))
+    serving = load_serving_for(store, "w", "robust", pd.Timedelta("1h"))
+    assert serving is not None
+    with_model = forecast_watch(batch, watch, model=serving)
+    on_the_fly = forecast_watch(batch, watch)
+    pd.testing.assert_frame_equal(with_model, serving.predict(24, batch=batch.frame))
+    assert not np.allclose(with_model["yhat"], on_the_fly["yhat"])
+    scores = score_watch(batch, watch, model=serving)
+    assert len(scores) == len(batch.frame) and scores["anomaly_score"].notna().any()
+    # a config asking for another kind does not use it
+    assert load_serving_for(store, "w", "seasonal_naive", pd.Timedelta("1h")) is None
+    assert load_serving_for(store, "w", "robust", pd.Timedelta("5min")) is None
+
+
+def test_scheduled_fit_job_creates_a_version(tmp_path):
+    from aiops.config import AiopsConfig
+    from aiops.scheduler import Scheduler
+    from tests.fixtures.service import wait_for
+
+    cfg = AiopsConfig.model_validate({
+        "source": {"kind": "synthetic", "synthetic": {"scenario": "quiet", "days": 3, "step": "1h"}},
+        "store": {"url": f"sqlite:///{tmp_path}/s.db"},
+        "output_dir": str(tmp_path / "out"),
+        "watches": [{"name": "q", "query": "http_requests_per_second", "step": "1h", "history": "3d",
+                     "infer_every": "1h", "fit_every": "1s", "model": {"kind": "robust"}}],
+    })
+    store = Store.open(cfg.store.url)
+    sched = Scheduler(cfg, store=store, run_watch=lambda *a, **k: None, lease_ttl=5, first_run_delay=0.0).start()
+    try:
+        wait_for(lambda: list_versions(store, "q"), timeout=60, step=0.2)
+    finally:
+        sched.shutdown()
+    row = list_versions(store, "q")[-1]
+    assert row["version"] == 1 and row["status"] == "serving" and row["kind"] == "robust"
+    assert row["path"].startswith(str(tmp_path / "out" / "models"))
+    fits = [r for r in store.runs(watch="q") if r["kind"] == "fit" and r["status"] == "ok"]
+    assert fits and fits[-1]["details"]["version"] == 1 and fits[-1]["details"]["status"] == "serving"

@@ -119,10 +119,10 @@ def test_one_leader_runs_jobs_and_the_other_takes_over_when_it_dies(tmp_path, st
 
 def test_graceful_stop_hands_over_at_once_and_reload_keeps_the_lead(tmp_path, store):
     rec = Recorder()
-    a = Scheduler(config(tmp_path), store=store, source=object(), run_watch=rec.for_node("a"), lease_ttl=30,
-                  holder="a", first_run_delay=0.1).start()
-    b = Scheduler(config(tmp_path), store=store, source=object(), run_watch=rec.for_node("b"), lease_ttl=0.9,
-                  holder="b", first_run_delay=0.1)
+    a = Scheduler(config(tmp_path), store=store, source=object(), run_watch=rec.for_node("a"), fit_watch=None,
+                  lease_ttl=30, holder="a", first_run_delay=0.1).start()
+    b = Scheduler(config(tmp_path), store=store, source=object(), run_watch=rec.for_node("b"), fit_watch=None,
+                  lease_ttl=0.9, holder="b", first_run_delay=0.1)
     try:
         wait_for(lambda: a.lease.is_leader(), 5)
         a.reload(config(tmp_path, watches=("a", "c")))
