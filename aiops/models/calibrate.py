@@ -249,6 +249,51 @@ def conformal_factor(residuals: np.ndarray, half_widths: np.ndarray, level: floa
     return float(np.quantile(ratio, q))
 
 
+def horizon_factors(
+    residuals: np.ndarray, half_widths: np.ndarray, level: float, *, min_count: int = 50
+) -> tuple[list[int], list[float]]:
+    """Conformal band factors per horizon bucket from held-out multi-step forecasts.
+
+    ``residuals`` and ``half_widths`` are ``(windows, H)``: row ``i`` column ``h`` is the error
+    of held-out forecast window ``i`` at step ``h + 1`` and the band half-width on the side of
+    that error. Steps are pooled across windows (series, origins) into buckets starting at
+    steps 1, 2, 4, 8, ...; a bucket with fewer than ``min_count`` finite ratios is merged into
+    the next. Returns ``(starts, factors)``: bucket ``j`` covers steps from ``starts[j]`` on
+    (1-based) and widens the band by ``factors[j]`` (:func:`conformal_factor` of its ratios).
+    """
+    r = np.asarray(residuals, dtype=np.float64)
+    w = np.asarray(half_widths, dtype=np.float64)
+    if r.ndim != 2 or r.shape != w.shape or r.shape[1] == 0:
+        return [1], [1.0]
+    H = r.shape[1]
+    ok = (np.isfinite(r) & np.isfinite(w) & (w > 0)).sum(axis=0)
+    edges = [0]
+    while edges[-1] * 2 + 1 < H:
+        edges.append(edges[-1] * 2 + 1)  # 0-based starts: steps 1, 2, 4, 8, ...
+    edges.append(H)
+    buckets: list[tuple[int, int]] = []
+    a = 0
+    for b in edges[1:]:
+        if ok[a:b].sum() >= min_count or b == H:
+            buckets.append((a, b))
+            a = b
+    if len(buckets) > 1 and ok[buckets[-1][0] : H].sum() < min_count:
+        buckets[-2:] = [(buckets[-2][0], H)]  # a thin last bucket joins the one before
+    factors = [conformal_factor(r[:, a:b].ravel(), w[:, a:b].ravel(), level) for a, b in buckets]
+    return [a + 1 for a, _ in buckets], factors
+
+
+def factors_at(starts: list[int], factors: list[float], horizon: int) -> np.ndarray:
+    """The factor of every step ``1..horizon`` (steps past the last bucket take its factor)."""
+    idx = np.searchsorted(np.asarray(starts), np.arange(1, horizon + 1), side="right") - 1
+    return np.asarray(factors, dtype=np.float64)[np.clip(idx, 0, len(factors) - 1)]
+
+
+def widen(yhat: np.ndarray, lower: np.ndarray, upper: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale a band's distance from ``yhat`` by ``factor`` (per step); returns (lower, upper)."""
+    return yhat - factor * (yhat - lower), yhat + factor * (upper - yhat)
+
+
 def band_score(value, yhat, lower, upper) -> np.ndarray:
     """Score of values against a band: 0 at ``yhat``, 1 at the edge, 0 where the band is unknown."""
     v, f, lo, hi = (np.asarray(a, dtype=np.float64) for a in (value, yhat, lower, upper))

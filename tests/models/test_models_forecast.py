@@ -66,3 +66,66 @@ def test_robust_series_with_gaps_or_short_history_take_the_single_path(small_bat
     assert list(m.series_) == sorted(small_batch["series_id"].unique())
     fc = m.predict(12)
     assert np.isfinite(fc[["yhat", "yhat_lower", "yhat_upper"]].to_numpy()).all()
+
+
+# ---------------------------------------------------------------- calibrated bands
+
+
+def test_horizon_factors_pool_windows_by_bucket_and_merge_thin_buckets():
+    from aiops.models.calibrate import factors_at, horizon_factors
+
+    rng = np.random.default_rng(0)
+    windows, H = 400, 16
+    # errors grow with the step while the model's band does not: later buckets need wider bands
+    sd = np.linspace(1.0, 3.0, H)
+    r = rng.normal(0, sd, (windows, H))
+    half = np.full((windows, H), 1.2816)  # the 80% half-width of a unit normal
+    starts, factors = horizon_factors(r, half, 0.8, min_count=50)
+    assert starts == [1, 2, 4, 8, 16]  # every bucket has at least 400 ratios
+    f = factors_at(starts, factors, H + 4)
+    assert f[0] == pytest.approx(1.0, abs=0.15) and f[-1] == pytest.approx(3.0, abs=0.4)
+    assert np.all(np.diff(factors) > -0.1)
+    inside = np.abs(r) <= half * f[:H]
+    assert inside.mean() == pytest.approx(0.8, abs=0.03)
+    # one window only: buckets are merged until they hold min_count ratios
+    starts1, _ = horizon_factors(r[:1], half[:1], 0.8, min_count=5)
+    assert starts1 == [1, 8]
+    assert horizon_factors(r[:1, :3], half[:1, :3], 0.8) == ([1], [1.0])  # too few: no change
+
+
+@pytest.mark.parametrize("kind", ["neural", "auto"])
+def test_calibrated_band_covers_about_the_level_on_held_out_days(kind):
+    """Noisy seasonal series: the 80% band covers about 80% of the next day, never far off."""
+    rng = np.random.default_rng(4)
+    n, H = 24 * 28, 24
+    frames = []
+    for i in range(12):
+        t = np.arange(n + H)
+        y = 20 + 5 * np.sin(2 * np.pi * t / 24 + i) + rng.standard_t(5, n + H) * (0.5 + 0.2 * i)
+        frames.append(pd.DataFrame({"series_id": f"s{i}", "ts": pd.date_range("2024-01-01", periods=n + H, freq="1h",
+                                                                               tz="UTC"), "value": y}))
+    full = pd.concat(frames, ignore_index=True)
+    cut = full["ts"].min() + pd.Timedelta(hours=n)
+    m = get_model(kind)(seed=0, steps=120, hidden=32, batch=128, horizon=H)
+    m.fit(full[full["ts"] < cut])
+    fc = m.predict(H).merge(full[full["ts"] >= cut], on=["series_id", "ts"])
+    inside = ((fc["value"] >= fc["yhat_lower"]) & (fc["value"] <= fc["yhat_upper"])).mean()
+    assert 0.68 <= inside <= 0.92, inside
+    starts, factors = m.neural_.cal_ if kind == "auto" else m.cal_
+    assert len(starts) > 1 and all(np.isfinite(factors))
+
+
+def test_neural_training_stops_when_the_loss_plateaus(clean):
+    from aiops.models.neural import _Schedule
+
+    m = get_model("neural")(seed=0, steps=400, hidden=16, batch=64, horizon=24).fit(clean)
+    assert 0 < m.steps_ < 400  # stopped after a plateau, not at the budget
+    full = get_model("neural")(seed=0, steps=150, hidden=16, batch=64, horizon=24, patience=0).fit(clean)
+    assert full.steps_ == 150
+    # the schedule: warm-up, full rate, then a linear anneal to the end
+    s = _Schedule(100, 0)
+    lrs = []
+    while s.running():
+        lrs.append(s.lr_factor())
+        s.record(1.0)
+    assert len(lrs) == 100 and lrs[0] < lrs[20] == 1.0 and lrs[-1] < 0.1
