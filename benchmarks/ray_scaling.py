@@ -6,7 +6,8 @@ The stages timed are the ones the executor runs per shard in ``aiops.pipeline.ru
 the causal backtest score (``score_watch``) and the horizon forecast (``forecast_watch``), on
 seeded synthetic 5-minute series (``benchmarks/throughput.py``'s generator). They run once
 with the local executor (this process) and, for each worker count W, on a fresh local Ray
-started with ``num_cpus=W`` (one CPU per shard task, so W shards run at once). Ray start-up
+started with ``num_cpus=W`` (one CPU per shard task, so W shards run at once; with
+``--num-gpus`` each task also requests that share of a GPU, which Ray detects by itself). Ray start-up
 and worker warm-up (importing torch and aiops in each worker) are timed apart from the run.
 Every Ray run is checked against the local one (max abs difference of forecasts and scores),
 so a speed-up that changed the answers would show.
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--model", default="auto", help="model kind (auto: global neural forecast, robust scores)")
     ap.add_argument("--shard-size", type=int, default=25)
     ap.add_argument("--workers", default="1,2", help="Ray worker counts (CPUs of the local Ray), comma-separated")
+    ap.add_argument("--num-gpus", type=float, default=0.0,
+                    help="GPUs per shard task (on a GPU machine: 1, or 0.5 for two shards per GPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write results JSON here")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -75,7 +78,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False, configure_logging=False)
         t1 = time.perf_counter()
-        ex = RayExecutor(shard_size=args.shard_size, max_in_flight=2 * w)
+        ex = RayExecutor(shard_size=args.shard_size, max_in_flight=2 * w, num_gpus=args.num_gpus)
         ray.get([ray.remote(num_cpus=1)(_warm).remote(batch, k) for k in range(w)])
         t2 = time.perf_counter()
         r, scores, fc = run_stages(batch, watch, ex)
