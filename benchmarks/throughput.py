@@ -85,11 +85,14 @@ def measure(out: dict, key: str, device: str) -> Iterator[None]:
             out[f"{key}_cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
 
-def run_aiops(frame: pd.DataFrame, model: str, horizon: int, device: str, n: int) -> dict:
+def run_aiops(frame: pd.DataFrame, model: str, horizon: int, device: str, n: int, threads: int | None = None) -> dict:
     from aiops.models import get_model
 
     klass = get_model(model)
-    params = {"device": device} if "device" in getattr(klass, "DEFAULTS", {}) else {}
+    defaults = getattr(klass, "DEFAULTS", {})
+    params = {"device": device} if "device" in defaults else {}
+    if threads is not None and "threads" in defaults:
+        params["threads"] = threads
     res: dict = {"params": params}
     m = klass(level=0.8, seed=0, **params)
     if hasattr(m, "horizon"):
@@ -102,6 +105,11 @@ def run_aiops(frame: pd.DataFrame, model: str, horizon: int, device: str, n: int
     res["predict_series_per_s"] = n / res["predict_s"]
     res["total_series_per_s"] = n / (res["fit_s"] + res["predict_s"])
     res["finite_share"] = float(np.isfinite(fc["yhat"]).mean())
+    net = getattr(m, "neural_", m)
+    if hasattr(net, "steps_"):  # training steps run (early stopping) and series the net serves
+        res["train_steps"] = int(net.steps_)
+        res["served_by_neural"] = (sum(st.get("model") == "neural" for st in m.series_.values()) / len(m.series_)
+                                   if net is not m else 1.0)
     return res
 
 
@@ -138,6 +146,7 @@ def main() -> None:
     ap.add_argument("--baseline-series", type=int, default=200,
                     help="series given to statsforecast (MSTL is slow; series/s is per series)")
     ap.add_argument("--n-jobs", type=int, default=-1, help="statsforecast processes (-1: all cores)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads for the neural models (default: the model's, 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write results JSON here")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -149,7 +158,7 @@ def main() -> None:
     print(f"{args.series} series x {args.points} points generated in {time.perf_counter() - t0:.1f} s")
     results: dict[str, dict] = {}
     for model in filter(None, args.models.split(",")):
-        r = run_aiops(frame, model, args.horizon, args.device, args.series)
+        r = run_aiops(frame, model, args.horizon, args.device, args.series, args.threads)
         results[f"aiops:{model}"] = r
         print(f"aiops {model}: fit {r['fit_series_per_s']:.1f} series/s ({r['fit_peak_rss_mb']:.0f} MB), "
               f"predict {r['predict_series_per_s']:.1f} series/s ({r['predict_peak_rss_mb']:.0f} MB)")

@@ -249,6 +249,9 @@ def conformal_factor(residuals: np.ndarray, half_widths: np.ndarray, level: floa
     return float(np.quantile(ratio, q))
 
 
+MIN_FACTOR = 0.5
+
+
 def horizon_factors(
     residuals: np.ndarray, half_widths: np.ndarray, level: float, *, min_count: int = 50
 ) -> tuple[list[int], list[float]]:
@@ -279,7 +282,9 @@ def horizon_factors(
             a = b
     if len(buckets) > 1 and ok[buckets[-1][0] : H].sum() < min_count:
         buckets[-2:] = [(buckets[-2][0], H)]  # a thin last bucket joins the one before
-    factors = [conformal_factor(r[:, a:b].ravel(), w[:, a:b].ravel(), level) for a, b in buckets]
+    # Where most held-out errors are exactly zero (a quantised or flat stretch) the quantile is
+    # zero and the band would vanish; it never shrinks below MIN_FACTOR of the model's own band.
+    factors = [max(conformal_factor(r[:, a:b].ravel(), w[:, a:b].ravel(), level), MIN_FACTOR) for a, b in buckets]
     return [a + 1 for a, _ in buckets], factors
 
 

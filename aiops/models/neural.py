@@ -504,19 +504,22 @@ class AutoForecaster(BaseForecaster):
         rb._fit(Panel([panel.ids[i] for i in keep], [panel.starts[i] for i in keep], panel.step,
                       [panel.values[i][: len(panel.values[i]) - holds[i]] for i in keep]))
         rows = [(i, o) for i in keep for o in nn._origins(len(panel.values[i]), holds[i])]
-        sub = Panel([panel.ids[i] for i, _ in rows], [panel.starts[i] for i, _ in rows], panel.step,
-                    [panel.values[i][:o] for i, o in rows])
-        yh, lo, hi = (np.stack(a) for a in rb._forecast(sub, H))
-        truth = np.stack([panel.values[i][o : o + H] for i, o in rows])
-        scale = np.array([self._scale(panel, i) for i, _ in rows])
-        r = truth - yh
-        half = np.maximum(np.where(r >= 0, hi - yh, yh - lo), 1e-6 * scale[:, None])
-        self.robust_cal_ = horizon_factors(r, half, self.level)
+        res, halves = [], []
         out: dict[str, list[float]] = {}
-        with np.errstate(invalid="ignore"):
-            mae = np.nanmean(np.abs(r), axis=1) / scale
-        for (i, _), e in zip(rows, mae):
-            out.setdefault(panel.ids[i], []).append(float(e))
+        for c in range(0, len(rows), CALIB_CHUNK):
+            part = rows[c : c + CALIB_CHUNK]
+            sub = Panel([panel.ids[i] for i, _ in part], [panel.starts[i] for i, _ in part], panel.step,
+                        [panel.values[i][:o] for i, o in part])
+            yh, lo, hi = (np.stack(a) for a in rb._forecast(sub, H))
+            scale = np.array([self._scale(panel, i) for i, _ in part])
+            r = np.stack([panel.values[i][o : o + H] for i, o in part]) - yh
+            res.append(r)
+            halves.append(np.maximum(np.where(r >= 0, hi - yh, yh - lo), 1e-6 * scale[:, None]))
+            with np.errstate(invalid="ignore"):
+                mae = np.nanmean(np.abs(r), axis=1) / scale
+            for (i, _), e in zip(part, mae):
+                out.setdefault(panel.ids[i], []).append(float(e))
+        self.robust_cal_ = horizon_factors(np.concatenate(res), np.concatenate(halves), self.level)
         return {sid: float(np.nanmean(v)) if np.isfinite(v).any() else np.nan for sid, v in out.items()}
 
     def _scale(self, panel: Panel, i: int) -> float:
