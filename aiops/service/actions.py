@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aiops.config import ActionConfig, AiopsConfig
 from aiops.errors import StoreError
-from aiops.service.api import api_error, iso, parse_args, parse_body, read_guard, write_guard
+from aiops.service.api import MAX_ID, JsonInt, api_error, iso, parse_args, parse_body, read_guard, write_guard
 from aiops.store import Store
 from aiops.types import AnomalyEvent
 
@@ -44,7 +44,7 @@ class ActionRunRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_id: int = Field(..., ge=1, le=2**62, description="The anomaly event the action is run for.")
+    event_id: JsonInt = Field(..., ge=1, le=MAX_ID, description="The anomaly event the action is run for.")
     approved_by: str = Field(..., min_length=1, max_length=128, pattern=r"\S", description="Who approves the run.")
 
 

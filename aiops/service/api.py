@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Mapping, TypeVar, Union
@@ -24,7 +25,7 @@ from typing import Annotated, Any, Literal, Mapping, TypeVar, Union
 import numpy as np
 import pandas as pd
 from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from aiops.config import AiopsConfig, DetectorConfig, Duration, WatchConfig, yaml_path
@@ -38,8 +39,32 @@ logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    text = v.strip().upper().replace(" ", "T")
+    if not _RFC3339.fullmatch(text):
+        raise ValueError(f"not an RFC 3339 time: {v[:64]!r}; write e.g. 2026-11-22T10:00:00Z")
+    if text[17:19] == "60":  # a leap second; Python's datetime has none
+        text = text[:17] + "59" + text[19:]
+    return datetime.fromisoformat(text)
+
+
+def _whole_number(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+#: A time as the OpenAPI document states it (``date-time``): ISO 8601 with a UTC offset or ``Z``.
+Time = Annotated[datetime, BeforeValidator(_rfc3339)]
+#: An integer; ``5.0`` counts (JSON Schema says so), ``"5"`` does not.
+JsonInt = Annotated[int, BeforeValidator(_whole_number)]
+
 VERDICTS = {"accept": "accepted", "reject": "rejected", "edit": "edited"}  # API word -> stored word
 _STORED_VERDICTS = {v: k for k, v in VERDICTS.items()}
+MAX_ID = 2**62  # ids above this cannot exist (SQLite integers are 64-bit); they answer 404
 MAX_POINTS = 11_000  # points per series in one forecasts answer or explain-now fetch
 EXPLAIN_MAX_SERIES = 500
 EXPLAIN_MAX_RANGE = pd.Timedelta(days=31)
@@ -56,8 +81,8 @@ class AnomaliesQuery(BaseModel):
     watch: str | None = Field(None, max_length=64, description="Only this watch's events.")
     severity: Literal["info", "warning", "critical"] | None = None
     status: Literal["open", "closed"] | None = Field(None, description="open: still ongoing; closed: ended.")
-    since: datetime | None = Field(None, description="Events ongoing at or ending after this time.")
-    until: datetime | None = Field(None, description="Events starting at or before this time.")
+    since: Time | None = Field(None, description="Events ongoing at or ending after this time.")
+    until: Time | None = Field(None, description="Events starting at or before this time.")
     limit: int = Field(100, ge=1, le=1000)
 
 
@@ -66,8 +91,8 @@ class ForecastsQuery(BaseModel):
 
     watch: str = Field(..., max_length=64)
     series: str | None = Field(None, max_length=4000, description="One series id (as in an event's series).")
-    since: datetime | None = Field(None, description="Default: one day ago.")
-    until: datetime | None = Field(None, description="Default: now plus the watch's horizon.")
+    since: Time | None = Field(None, description="Default: one day ago.")
+    until: Time | None = Field(None, description="Default: now plus the watch's horizon.")
     observed: bool = Field(True, description="Also fetch the observed values from the watch's source.")
 
 
@@ -83,7 +108,7 @@ class ExplanationsQuery(BaseModel):
 class FeedbackQuery(BaseModel):
     """Query parameters of ``GET /api/v1/feedback``."""
 
-    explanation_id: int | None = Field(None, ge=1, le=2**62)
+    explanation_id: int | None = Field(None, ge=1, le=MAX_ID)
     limit: int = Field(100, ge=1, le=1000)
 
 
@@ -93,8 +118,8 @@ class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(..., min_length=1, max_length=4000, pattern=r"\S", description="PromQL range query.")
-    start: datetime = Field(..., description="ISO 8601; naive times are UTC.")
-    end: datetime = Field(..., description="After start, at most 31 days later.")
+    start: Time = Field(..., description="RFC 3339, e.g. 2026-11-22T10:00:00Z.")
+    end: Time = Field(..., description="After start, at most 31 days later.")
     step: Duration | None = Field(None, description="Default: the range / 500, at least 15s.")
 
 
@@ -329,9 +354,13 @@ def create_api_blueprint() -> Blueprint:
         if not request.path.startswith("/api/v1/"):
             return exc
         kinds = {404: "not_found", 405: "bad_method", 413: "too_large"}
-        return api_error(exc.code or 500, kinds.get(exc.code or 0, "bad_data"),
+        resp = api_error(exc.code or 500, kinds.get(exc.code or 0, "bad_data"),
                          f"{exc.name}: {exc.description} ({request.method} {request.path}); "
                          "GET /api/v1/openapi.json lists the routes")
+        for name, value in exc.get_headers():  # e.g. Allow on a 405, as RFC 9110 requires
+            if name.lower() != "content-type":
+                resp.headers[name] = value
+        return resp
 
     @bp.get("/api/v1/openapi.json")
     def openapi() -> Response:
@@ -375,7 +404,7 @@ def create_api_blueprint() -> Blueprint:
         if (denied := read_guard()) is not None:
             return denied
         try:
-            ev = store.event(event_id)
+            ev = store.event(event_id) if event_id <= MAX_ID else None
             expl = store.latest_explanation("event", f"event:{event_id}") if ev else None
         except StoreError as exc:
             return _store_down(exc)
@@ -420,7 +449,7 @@ def create_api_blueprint() -> Blueprint:
         if (denied := read_guard()) is not None:
             return denied
         try:
-            row = store.explanation(explanation_id)
+            row = store.explanation(explanation_id) if explanation_id <= MAX_ID else None
             fb = store.feedback(explanation_id=explanation_id) if row else []
         except StoreError as exc:
             return _store_down(exc)
@@ -440,7 +469,7 @@ def create_api_blueprint() -> Blueprint:
             return body
         fb = body.root
         try:
-            if store.explanation(explanation_id) is None:
+            if explanation_id > MAX_ID or store.explanation(explanation_id) is None:
                 return api_error(404, "not_found", f"no explanation with id {explanation_id}")
             text = fb.text.strip() if fb.text is not None else None
             row = store.add_feedback(explanation_id, VERDICTS[fb.verdict], text or None,

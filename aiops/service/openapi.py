@@ -115,13 +115,25 @@ def _errors(*codes: int) -> dict[str, Any]:
             for c in codes}
 
 
+def _param_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema: a parameter is absent or a string, never null."""
+    out = {k: v for k, v in prop.items() if k not in ("title", "description")}
+    alts = [a for a in out.pop("anyOf", []) if a.get("type") != "null"]
+    if len(alts) == 1:
+        out.update(alts[0])
+    elif alts:
+        out["anyOf"] = alts
+    if out.get("default", 0) is None:
+        del out["default"]
+    return out
+
+
 def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema(ref_template=REF)
     required = set(schema.get("required", []))
     return [
-        {"name": name, "in": "query", "required": name in required,
-         "schema": {k: v for k, v in prop.items() if k != "title"}, **({"description": prop["description"]}
-                                                                        if "description" in prop else {})}
+        {"name": name, "in": "query", "required": name in required, "schema": _param_schema(prop),
+         **({"description": prop["description"]} if "description" in prop else {})}
         for name, prop in schema["properties"].items()
     ]
 
@@ -131,17 +143,29 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
         return {"name": name, "in": "path", "required": True, "description": description,
                 "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
     return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "integer", "minimum": 1, "maximum": 2**62}}
+            "schema": {"type": "integer", "minimum": 1}}
+
+
+def _alternatives(prop: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not prop:
+        return []
+    return [prop, *prop.get("anyOf", [])]
 
 
 class _Builder:
     def __init__(self) -> None:
         self.components: dict[str, Any] = dict(RESPONSE_SCHEMAS)
 
-    def body(self, model: type[BaseModel], description: str) -> dict[str, Any]:
+    def body(self, model: type[BaseModel], description: str, times: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The request body of ``model``; ``times`` names string fields its validators check as RFC 3339."""
         schema = model.model_json_schema(ref_template=REF)
         for name, sub in schema.pop("$defs", {}).items():
             self.components[name] = sub
+        for sub in [schema, *self.components.values()]:
+            for name in times:
+                for alt in _alternatives(sub.get("properties", {}).get(name)):
+                    if alt.get("type") == "string":
+                        alt["format"] = "date-time"
         self.components[model.__name__] = schema
         return {"required": True, "description": description,
                 "content": {"application/json": {"schema": _ref(model.__name__)}}}
@@ -243,15 +267,15 @@ def build_document() -> dict[str, Any]:
         }},
         "/api/v1/alertmanager": {"post": {
             "summary": "Alertmanager webhook (format 4): alerts into the durable inbox.", "security": write,
-            "requestBody": b.body(WebhookPayload, "Alertmanager's webhook body."),
+            "requestBody": b.body(WebhookPayload, "Alertmanager's webhook body.", times=("startsAt", "endsAt")),
             "responses": {"202": {"description": "Stored", "content": {"application/json": {"schema": _obj({
                 "status": {"const": "accepted"}, "alerts": {"type": "integer"}, "stored": {"type": "integer"},
                 "duplicates": {"type": "integer"}})}}}, **_errors(400, 401, 413, 503)},
         }},
         "/api/v1/dead-letters": {"get": {
             "summary": "Alerts that failed every explain attempt.", "security": read,
-            "parameters": [{"name": "limit", "in": "query", "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+            "parameters": [{"name": "limit", "in": "query", "required": False, "description": "Clamped to 1..1000.",
+                            "schema": {"type": "integer", "default": 100}}],
             "responses": {**_ok({"type": "array", "items": _ref("DeadLetter")}), **_errors(400, 401)},
         }},
         "/api/v1/dead-letters/{row_id}/retry": {"post": {
