@@ -327,7 +327,6 @@ class WatchConfig(_Model):
         default_factory=list, description="Remediation webhooks an operator may approve for this watch's anomalies."
     )
 
-
     @field_validator("split_by")
     @classmethod
     def _split_by(cls, v: str | None) -> str | None:
