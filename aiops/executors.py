@@ -64,23 +64,24 @@ def n_shards(n_series: int, shard_size: int) -> int:
 
 
 def split_batch(batch: SeriesBatch, shard_size: int) -> list[tuple[int, SeriesBatch]]:
-    """``(shard index, sub-batch)`` for every non-empty shard, in shard order.
+    """``(shard index, sub-batch)`` for every shard with rows, in shard order.
 
-    Each sub-batch keeps the batch's row order, step, watch and the labels of its series.
+    Each sub-batch keeps the batch's row order, step, watch and the labels of its series. The
+    number of shards is ``ceil(series / shard_size)``; shards are uneven by a few series
+    because membership is by hash, which keeps a series' shard independent of the others.
     """
-    ids = batch.series_ids
+    ids = list(dict.fromkeys([*batch.labels, *pd.unique(batch.frame["series_id"])]))
     n = n_shards(len(ids), shard_size)
     if n == 1:
         return [(0, batch)]
     of = {sid: shard_of(sid, n) for sid in ids}
     row_shard = batch.frame["series_id"].map(of).to_numpy()
     out = []
-    for k in range(n):
-        members = [sid for sid in ids if of[sid] == k]
-        if not members:
-            continue
+    for k in sorted(set(of.values())):
         frame = batch.frame[row_shard == k].reset_index(drop=True)
-        labels = {sid: batch.labels[sid] for sid in members if sid in batch.labels}
+        if frame.empty:  # only series with labels and no rows: nothing to compute
+            continue
+        labels = {sid: lbl for sid, lbl in batch.labels.items() if of[sid] == k}
         out.append((k, SeriesBatch(frame=frame, labels=labels, step=batch.step, watch=batch.watch)))
     return out
 
