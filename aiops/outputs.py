@@ -8,7 +8,8 @@ Names are fixed (see docs/output-series.md); each keeps the source series' label
 ``aiops_forecast{bound="lower"}``   lower edge of the calibrated band
 ``aiops_forecast{bound="upper"}``   upper edge of the calibrated band
 ``aiops_anomaly_score``             1.0 = edge of the band; above = outside it
-``aiops_anomaly``                   1 where the score is at or above the threshold, else 0
+``aiops_anomaly``                   1 inside an anomaly (from a score at or above the threshold
+                                    while the series stays outside its band), else 0
 ``aiops_time_to_threshold_seconds`` seconds until the capacity threshold is crossed
                                     (``+Inf`` = not within the horizon)
 ``aiops_model_error``               the model's validation error on that series
@@ -33,6 +34,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from aiops.detect.events import anomalous_rows
 from aiops.errors import InputError, StoreError
 from aiops.promql import Selector, parse_selector
 from aiops.store import Store, output_points, output_series
@@ -50,7 +52,7 @@ MODEL_ERROR = "aiops_model_error"
 METRICS: dict[str, str] = {
     FORECAST: "Forecast of the source series; bound=yhat|lower|upper (calibrated band).",
     ANOMALY_SCORE: "Anomaly score of the source series; 1.0 is the edge of the calibrated band.",
-    ANOMALY: "1 where the anomaly score is at or above the watch's threshold, else 0.",
+    ANOMALY: "1 from a score at or above the watch's threshold while the series stays outside its band, else 0.",
     TIME_TO_THRESHOLD: "Seconds until the forecast crosses the capacity threshold (+Inf: not within the horizon).",
     MODEL_ERROR: "Validation error of the model serving this series.",
 }
@@ -111,7 +113,8 @@ def write_outputs(
         forecast: frame with series_id, ts, yhat, yhat_lower, yhat_upper (the horizon).
         time_to_threshold: series_id -> seconds until crossing, None = not within the horizon.
         model_error: series_id -> validation error.
-        threshold: score at or above which ``aiops_anomaly`` is 1.
+        threshold: score at or above which ``aiops_anomaly`` becomes 1 (and stays 1 while the
+            score is at or above 1.0, the band edge).
         at: timestamp of the time-to-threshold and model-error points (default: the newest
             scored timestamp, else now).
 
@@ -123,10 +126,12 @@ def write_outputs(
     if scores is not None and len(scores):
         _require(scores, ("series_id", "ts", "anomaly_score"), "scores")
         parts += _frame_parts(scores, labels, watch, ANOMALY_SCORE, "anomaly_score")
-        anomaly = scores[["series_id", "ts"]].assign(
-            flag=np.where(scores["anomaly_score"].to_numpy(float) >= threshold, 1.0, 0.0)
-        )
-        anomaly.loc[scores["anomaly_score"].isna().to_numpy(), "flag"] = np.nan
+        ordered = scores.sort_values(["series_id", "ts"], kind="stable")
+        flag = np.concatenate(
+            [anomalous_rows(g.to_numpy(float), threshold) for _, g in ordered.groupby("series_id", sort=False)["anomaly_score"]]
+        ).astype(float)
+        anomaly = ordered[["series_id", "ts"]].assign(flag=flag)
+        anomaly.loc[ordered["anomaly_score"].isna().to_numpy(), "flag"] = np.nan
         parts += _frame_parts(anomaly, labels, watch, ANOMALY, "flag")
         for col, bound in (("yhat", "yhat"), ("yhat_lower", "lower"), ("yhat_upper", "upper")):
             if col in scores.columns:

@@ -73,8 +73,13 @@ def _runs(hot: np.ndarray, ts: np.ndarray, merge_gap: np.timedelta64) -> list[tu
     return [(a, b) for a, b in runs]
 
 
-def _hot(score: np.ndarray, threshold: float) -> np.ndarray:
-    """Rows at or above ``threshold``, each extended over the out-of-band rows right after it."""
+def anomalous_rows(score: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows at or above ``threshold``, each extended over the out-of-band rows right after it.
+
+    The rows events are made of (before merging across gaps); also ``aiops_anomaly`` = 1.
+    NaN scores count as in-band.
+    """
+    score = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=0.0)
     alert = score >= threshold
     out = score >= BAND_EDGE
     run = np.cumsum(~out)  # out-of-band rows in one contiguous stretch share a number
@@ -85,7 +90,7 @@ def _hot(score: np.ndarray, threshold: float) -> np.ndarray:
 def _series_events(sid: str, g: pd.DataFrame, watch: str, det: DetectorConfig, labels: dict) -> list[AnomalyEvent]:
     score = g["anomaly_score"].to_numpy(dtype=np.float64)
     ts = g["ts"].to_numpy()
-    hot = _hot(np.nan_to_num(score, nan=0.0), det.threshold)
+    hot = anomalous_rows(score, det.threshold)
     step = np.median(np.diff(ts)) if len(ts) > 1 else np.timedelta64(0, "ns")
     gap = np.timedelta64(int(det.merge_gap.td.value), "ns")
     min_dur = det.min_duration.td

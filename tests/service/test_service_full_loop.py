@@ -91,7 +91,7 @@ def test_prometheus_alertmanager_aiops_grafana(tmp_path):
                 with store.engine.connect() as conn:
                     md = conn.execute(sa.select(explanations.c.markdown)
                                       .where(explanations.c.id == row["explanation_id"])).scalar_one()
-                assert "AiopsAnomalySustained" in md and "aiops_anomaly_score > 1" in md
+                assert "AiopsAnomalySustained" in md and "aiops_anomaly == 1" in md
 
                 key = f"alert:{row['fingerprint']}:{row['starts_at']}"
 

@@ -319,6 +319,23 @@ def test_label_clash_missing_columns_nan_and_prune(tmp_path):
     assert read_range(st, "aiops_anomaly_score", HISTORY[0], HISTORY[0], STEP) == []
 
 
+def test_anomaly_flag_holds_from_threshold_while_outside_the_band(tmp_path):
+    """aiops_anomaly: 1 from a score at or above the threshold while the score stays >= 1 (outside
+    the band); out-of-band rows that never reached the threshold stay 0; series are independent
+    even when the frame interleaves them."""
+    st = Store.open(f"sqlite:///{tmp_path / 'flag.db'}")
+    a = [0.2, 6.0, 1.0, 1.0, 0.3, 1.0, 1.2]
+    b = [1.5, 1.5, 0.1, 7.0, 1.0, 1.0, 1.0]
+    ts = HISTORY[: len(a)]
+    frame = pd.concat([
+        pd.DataFrame({"series_id": 'x{instance="a"}', "ts": ts, "anomaly_score": a}),
+        pd.DataFrame({"series_id": 'x{instance="b"}', "ts": ts, "anomaly_score": b}),
+    ]).sort_values("ts", kind="stable")  # interleaved series
+    write_outputs(st, "w", {}, scores=frame, threshold=5.0)
+    got = {s["instance"]: v.tolist() for s, _, v in read_range(st, "aiops_anomaly", ts[0], ts[-1], STEP, pd.Timedelta("1m"))}
+    assert got == {"a": [0, 1, 1, 1, 0, 0, 0], "b": [0, 0, 0, 1, 1, 1, 1]}
+
+
 def test_thousands_of_series_in_one_write(tmp_path):
     import time
 
