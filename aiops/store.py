@@ -29,6 +29,7 @@ from aiops.types import AnomalyEvent
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+MAX_ID = 2**62  # row ids above this cannot exist (SQLite integers are 64-bit); APIs answer 404
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {}  # filled below the tables
 
 metadata = sa.MetaData()

@@ -33,6 +33,7 @@ from aiops.errors import (
     AiopsError, AuthError, BadQuery, NoData, SourceError, SourceUnavailable, StoreError, TooManySeries,
 )
 from aiops.service.auth import read_denied, write_denied
+from aiops.store import MAX_ID
 from aiops.types import AnomalyEvent, series_id
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ JsonInt = Annotated[int, BeforeValidator(_whole_number)]
 
 VERDICTS = {"accept": "accepted", "reject": "rejected", "edit": "edited"}  # API word -> stored word
 _STORED_VERDICTS = {v: k for k, v in VERDICTS.items()}
-MAX_ID = 2**62  # ids above this cannot exist (SQLite integers are 64-bit); they answer 404
 MAX_POINTS = 11_000  # points per series in one forecasts answer or explain-now fetch
 EXPLAIN_MAX_SERIES = 500
 EXPLAIN_MAX_RANGE = pd.Timedelta(days=31)

@@ -280,3 +280,9 @@ def test_serve_survives_kill_9_without_losing_alerts(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_retry_of_an_impossible_dead_letter_id_is_a_404_not_a_500(client):
+    r = client.post(f"/api/v1/dead-letters/{2**70}/retry", headers=AUTH)
+    assert r.status_code == 404
+    assert "no dead letter" in r.get_json()["error"]
