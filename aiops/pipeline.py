@@ -77,15 +77,17 @@ def score_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | Non
     """Causal anomaly scores for every observation of the batch.
 
     With ``model`` (the watch's serving version, see :func:`fit_watch`) each row is scored from
-    the model's one-step prediction, in this process. Without, the history is scored as a
-    backtest (fit on the past, refit on the model's default schedule), so events in the window
-    are found the way a running scheduler would find them; each shard of series (see
-    :mod:`aiops.executors`) is scored on its own with its own seed.
+    the model's one-step prediction; the fitted model travels to every shard, so with the Ray
+    executor inference runs on the workers. Without, the history is scored as a backtest (fit on
+    the past, refit on the model's default schedule), so events in the window are found the way
+    a running scheduler would find them; each shard of series (see :mod:`aiops.executors`) is
+    scored on its own with its own seed.
     """
     if model is not None:
         from aiops.models.lifecycle import scoring_model
 
-        return scoring_model(model).score(batch.frame, window=watch.model.params.get("calib_window"))
+        task = partial(_score_shard_with, model=scoring_model(model), window=watch.model.params.get("calib_window"))
+        return (executor or LocalExecutor()).map_shards(task, batch)
     return (executor or LocalExecutor()).map_shards(partial(_score_shard, watch=watch), batch)
 
 
@@ -95,8 +97,18 @@ def forecast_watch(batch: SeriesBatch, watch: WatchConfig, executor: Executor | 
     From ``model`` (the serving version) when given, else fitted on the fly per shard.
     """
     if model is not None:
-        return model.predict(max(1, int(watch.horizon.td / watch.step.td)), batch=batch.frame)
+        task = partial(_forecast_shard_with, model=model, steps=max(1, int(watch.horizon.td / watch.step.td)))
+        return (executor or LocalExecutor()).map_shards(task, batch)
     return (executor or LocalExecutor()).map_shards(partial(_forecast_shard, watch=watch), batch)
+
+
+def _score_shard_with(batch: SeriesBatch, shard: int, *, model: Any, window: int | None) -> pd.DataFrame:
+    """One shard scored by an already fitted model (each series is scored on its own)."""
+    return model.score(batch.frame, window=window)
+
+
+def _forecast_shard_with(batch: SeriesBatch, shard: int, *, model: Any, steps: int) -> pd.DataFrame:
+    return model.predict(steps, batch=batch.frame)
 
 
 def _score_shard(batch: SeriesBatch, shard: int, *, watch: WatchConfig) -> pd.DataFrame:

@@ -160,6 +160,16 @@ def local_run(tmp_path_factory):
     return run(config(tmp_path_factory.mktemp("local")))
 
 
+class RecordWorker:
+    """Write the worker's pid per shard into ``folder`` (runs in the Ray worker)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, shard: int) -> None:
+        (self.folder / f"shard-{shard}").write_text(str(os.getpid()))
+
+
 class KillOnce:
     """Kill the Ray worker running ``shard`` the first time it starts (marker file in tmp)."""
 
@@ -219,3 +229,27 @@ def _raise_config_error(batch, shard):
 
 def _divide_by_zero(batch, shard):
     return 1 / 0
+
+
+def test_serving_model_inference_runs_per_shard_on_ray_with_the_same_answers(ray_local, tmp_path):
+    """Once a scheduled fit has produced a serving model, inference still goes through the
+    executor: the fitted model travels to each shard; answers do not depend on the sharding or
+    on where the shard ran."""
+    from aiops.models.api import make_model
+    from aiops.pipeline import forecast_watch
+
+    cfg = config(tmp_path, kind="ray")
+    watch = cfg.watches[0].model_copy(update={"model": cfg.watches[0].model.model_copy(update={"kind": "auto"})})
+    batch = fetch_watch(cfg, watch, source=make_source(cfg), end=END)
+    model = make_model("auto", level=0.8, seed=0, params=watch.model.params).fit(batch.frame, step=batch.step)
+    whole = (score_watch(batch, watch, LocalExecutor(shard_size=1000), model=model),
+             forecast_watch(batch, watch, LocalExecutor(shard_size=1000), model=model))
+    ex = RayExecutor.from_config(cfg.executor, before_shard=RecordWorker(tmp_path))
+    on_ray = (score_watch(batch, watch, ex, model=model), forecast_watch(batch, watch, ex, model=model))
+    shards = {k for k, _ in split_batch(batch, SHARD_SIZE)}
+    assert len(shards) > 1
+    ran = {int(f.name.split("-")[1]): int(f.read_text()) for f in tmp_path.glob("shard-*")}
+    assert set(ran) == shards and os.getpid() not in ran.values()  # every shard ran in a Ray worker
+    for a, b in zip(whole, on_ray):
+        assert not a.empty and set(a["series_id"]) == set(batch.series_ids)
+        pd.testing.assert_frame_equal(a, b, rtol=1e-6, atol=1e-9)
