@@ -140,7 +140,7 @@ def _status(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-NAB, FC, TP, RCA, LAT = "NAB", "Forecasting", "Throughput", "Root-cause", "Explanation latency"
+NAB, FC, TP, RCA, LAT, WH = "NAB", "Forecasting", "Throughput", "Root-cause", "Explanation latency", "Webhook load"
 
 
 def _published_nab(f: Figures) -> str:
@@ -221,6 +221,14 @@ SUMMARY: tuple[SummaryRow, ...] = (
         lambda f: "—",
         "< 100 ms",
         lambda f: f.number(LAT, "total per alert", "p95") < 100,
+    ),
+    SummaryRow(
+        "Alertmanager webhook, 10,000 alerts from 8 concurrent senders",
+        lambda f: f"{f.cell(WH, 'no inbox workers', 'alerts/s')} alerts/s accepted, p50 {f.cell(WH, 'no inbox workers', 'p50 ms')} ms "
+        f"/ p99 {f.cell(WH, 'no inbox workers', 'p99 ms')} ms; {f.cell(WH, '2 inbox workers', 'alerts/s')} alerts/s while 2 workers explain",
+        lambda f: "—",
+        "all accepted, none lost or doubled",
+        lambda f: all(f.number(WH, row, col) == 0 for row in ("no inbox workers", "2 inbox workers") for col in ("lost", "stored twice")),
     ),
 )
 
