@@ -387,6 +387,9 @@ class Store:
             return [_row_to_event(r._mapping) for r in conn.execute(q)]
 
     def event(self, event_id: int) -> AnomalyEvent | None:
+        """The event with this id, or None (also for ids no row can have, past :data:`MAX_ID`)."""
+        if event_id > MAX_ID:
+            return None
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(anomaly_events).where(anomaly_events.c.id == event_id)).first()
         return _row_to_event(r._mapping) if r else None
@@ -430,6 +433,9 @@ class Store:
         return dict(r._mapping) if r else None
 
     def explanation(self, explanation_id: int) -> dict | None:
+        """The explanation row with this id, or None (also past :data:`MAX_ID`)."""
+        if explanation_id > MAX_ID:
+            return None
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(explanations).where(explanations.c.id == explanation_id)).first()
         return dict(r._mapping) if r else None

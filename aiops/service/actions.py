@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aiops.config import ActionConfig, AiopsConfig
 from aiops.errors import StoreError
-from aiops.service.api import MAX_ID, JsonInt, api_error, iso, parse_args, parse_body, read_guard, write_guard
-from aiops.store import Store
+from aiops.service.api import JsonInt, api_error, iso, parse_args, parse_body, read_guard, write_guard
+from aiops.store import MAX_ID, Store
 from aiops.types import AnomalyEvent
 
 logger = logging.getLogger(__name__)

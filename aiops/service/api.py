@@ -404,7 +404,7 @@ def create_api_blueprint() -> Blueprint:
         if (denied := read_guard()) is not None:
             return denied
         try:
-            ev = store.event(event_id) if event_id <= MAX_ID else None
+            ev = store.event(event_id)
             expl = store.latest_explanation("event", f"event:{event_id}") if ev else None
         except StoreError as exc:
             return _store_down(exc)
@@ -449,7 +449,7 @@ def create_api_blueprint() -> Blueprint:
         if (denied := read_guard()) is not None:
             return denied
         try:
-            row = store.explanation(explanation_id) if explanation_id <= MAX_ID else None
+            row = store.explanation(explanation_id)
             fb = store.feedback(explanation_id=explanation_id) if row else []
         except StoreError as exc:
             return _store_down(exc)
@@ -469,7 +469,7 @@ def create_api_blueprint() -> Blueprint:
             return body
         fb = body.root
         try:
-            if explanation_id > MAX_ID or store.explanation(explanation_id) is None:
+            if store.explanation(explanation_id) is None:
                 return api_error(404, "not_found", f"no explanation with id {explanation_id}")
             text = fb.text.strip() if fb.text is not None else None
             row = store.add_feedback(explanation_id, VERDICTS[fb.verdict], text or None,

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from aiops.errors import StoreError
-from aiops.store import Store, _utc, alert_inbox, explanations, utcnow
+from aiops.store import MAX_ID, Store, _utc, alert_inbox, explanations, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,9 @@ class Inbox:
             return [_public(r._mapping) for r in conn.execute(q)]
 
     def requeue(self, row_id: int) -> bool:
-        """Give a dead-lettered row a fresh set of attempts; False when it is not dead."""
+        """Give a dead-lettered row a fresh set of attempts; False when it is not dead (or cannot exist)."""
+        if row_id > MAX_ID:
+            return False
         c = alert_inbox.c
         with self.store.begin() as conn:
             n = conn.execute(

@@ -25,7 +25,6 @@ from aiops.config import AiopsConfig, yaml_path
 from aiops.errors import StoreError
 from aiops.service.auth import read_denied, write_denied
 from aiops.service.inbox import Inbox
-from aiops.store import MAX_ID
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +155,7 @@ def create_webhook_blueprint() -> Blueprint:
         denied = write_denied(config.service, request.headers.get("Authorization"))
         if denied:
             return _error(401, denied)
-        # ids past SQLite's 64-bit integers cannot exist (and would overflow the query)
-        if row_id > MAX_ID or not inbox.requeue(row_id):
+        if not inbox.requeue(row_id):
             return _error(404, f"no dead letter with id {row_id}")
         notify = current_app.extensions["aiops"].get("inbox_notify")
         if notify is not None:
