@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aiops.config import ActionConfig, AiopsConfig
 from aiops.errors import StoreError
-from aiops.service.api import JsonInt, api_error, iso, parse_args, parse_body, read_guard, write_guard
+from aiops.service.api import (
+    JsonInt, api_error, iso, parse_args, parse_body, read_guard, store_unavailable, write_guard,
+)
 from aiops.store import MAX_ID, Store
 from aiops.types import AnomalyEvent
 
@@ -247,6 +249,7 @@ def _find(config: AiopsConfig, watch: str, name: str) -> ActionConfig | None:
 def create_actions_blueprint() -> Blueprint:
     """``/api/v1/actions``, ``/api/v1/actions/<watch>/<name>/runs``, ``/api/v1/action-runs``."""
     bp = Blueprint("aiops_actions", __name__)
+    bp.register_error_handler(StoreError, store_unavailable)  # 503, logged
 
     @bp.get("/api/v1/actions")
     def list_actions() -> Response:
@@ -274,11 +277,7 @@ def create_actions_blueprint() -> Blueprint:
         action = _find(config, watch, name)
         if action is None:
             return api_error(404, "not_found", f"watch {watch!r} has no action {name!r}; GET /api/v1/actions lists them")
-        try:
-            event = store.event(body.event_id)
-        except StoreError as exc:
-            logger.error("actions: store unavailable: %s", exc)
-            return api_error(503, "unavailable", "the store is unavailable; retry later")
+        event = store.event(body.event_id)
         if event is None:
             return api_error(404, "not_found", f"no anomaly event with id {body.event_id}")
         if event.watch != watch:

@@ -348,6 +348,9 @@ def create_api_blueprint() -> Blueprint:
     """The resources blueprint; needs ``app.extensions["aiops"]`` with ``config`` and ``store``."""
     bp = Blueprint("aiops_api", __name__)
 
+    # Any store failure in a route answers 503 (logged), nothing half-done: see store_unavailable.
+    bp.register_error_handler(StoreError, store_unavailable)
+
     @bp.app_errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         # Unmatched /api/v1 paths, wrong methods and oversize bodies answer JSON like the rest.
@@ -373,11 +376,8 @@ def create_api_blueprint() -> Blueprint:
         config, store = _ctx()
         if (denied := read_guard()) is not None:
             return denied
-        try:
-            counts = store.open_event_counts()
-            data = [_watch_json(w, counts, store.runs(watch=w.name, limit=20)) for w in config.watches]
-        except StoreError as exc:
-            return _store_down(exc)
+        counts = store.open_event_counts()
+        data = [_watch_json(w, counts, store.runs(watch=w.name, limit=20)) for w in config.watches]
         return jsonify({"status": "success", "data": data})
 
     @bp.get("/api/v1/anomalies")
@@ -388,14 +388,11 @@ def create_api_blueprint() -> Blueprint:
         q = parse_args(AnomaliesQuery)
         if isinstance(q, Response):
             return q
-        try:
-            events = store.events(
-                watch=q.watch, since=_utc(q.since), until=_utc(q.until), severity=q.severity,
-                ongoing=None if q.status is None else q.status == "open", limit=q.limit,
-            )
-            expl = store.latest_explanations("event", [f"event:{e.id}" for e in events])
-        except StoreError as exc:
-            return _store_down(exc)
+        events = store.events(
+            watch=q.watch, since=_utc(q.since), until=_utc(q.until), severity=q.severity,
+            ongoing=None if q.status is None else q.status == "open", limit=q.limit,
+        )
+        expl = store.latest_explanations("event", [f"event:{e.id}" for e in events])
         return jsonify({"status": "success", "data": [event_json(e, expl.get(f"event:{e.id}")) for e in events]})
 
     @bp.get("/api/v1/anomalies/<int:event_id>")
@@ -403,13 +400,10 @@ def create_api_blueprint() -> Blueprint:
         _, store = _ctx()
         if (denied := read_guard()) is not None:
             return denied
-        try:
-            ev = store.event(event_id)
-            expl = store.latest_explanation("event", f"event:{event_id}") if ev else None
-        except StoreError as exc:
-            return _store_down(exc)
+        ev = store.event(event_id)
         if ev is None:
             return api_error(404, "not_found", f"no anomaly event with id {event_id}")
+        expl = store.latest_explanation("event", f"event:{event_id}")
         return jsonify({"status": "success", "data": event_json(ev, expl)})
 
     @bp.get("/api/v1/forecasts")
@@ -424,10 +418,7 @@ def create_api_blueprint() -> Blueprint:
         if watch is None:
             names = ", ".join(w.name for w in config.watches) or "none"
             return api_error(404, "not_found", f"no watch named {q.watch!r}; configured watches: {names}")
-        try:
-            return jsonify({"status": "success", "data": _forecasts(store, watch, q)})
-        except StoreError as exc:
-            return _store_down(exc)
+        return jsonify({"status": "success", "data": _forecasts(store, watch, q)})
 
     @bp.get("/api/v1/explanations")
     def explanations() -> Response:
@@ -437,10 +428,7 @@ def create_api_blueprint() -> Blueprint:
         q = parse_args(ExplanationsQuery)
         if isinstance(q, Response):
             return q
-        try:
-            rows = store.explanations(subject_kind=q.subject_kind, subject_ref=q.subject_ref, watch=q.watch, limit=q.limit)
-        except StoreError as exc:
-            return _store_down(exc)
+        rows = store.explanations(subject_kind=q.subject_kind, subject_ref=q.subject_ref, watch=q.watch, limit=q.limit)
         return jsonify({"status": "success", "data": [explanation_summary(r) for r in rows]})
 
     @bp.get("/api/v1/explanations/<int:explanation_id>")
@@ -448,13 +436,10 @@ def create_api_blueprint() -> Blueprint:
         _, store = _ctx()
         if (denied := read_guard()) is not None:
             return denied
-        try:
-            row = store.explanation(explanation_id)
-            fb = store.feedback(explanation_id=explanation_id) if row else []
-        except StoreError as exc:
-            return _store_down(exc)
+        row = store.explanation(explanation_id)
         if row is None:
             return api_error(404, "not_found", f"no explanation with id {explanation_id}")
+        fb = store.feedback(explanation_id=explanation_id)
         data = explanation_summary(row)
         data.update(explanation=row["explanation"], evidence=row["evidence"], feedback=[feedback_json(f) for f in fb])
         return jsonify({"status": "success", "data": data})
@@ -468,14 +453,11 @@ def create_api_blueprint() -> Blueprint:
         if isinstance(body, Response):
             return body
         fb = body.root
-        try:
-            if store.explanation(explanation_id) is None:
-                return api_error(404, "not_found", f"no explanation with id {explanation_id}")
-            text = fb.text.strip() if fb.text is not None else None
-            row = store.add_feedback(explanation_id, VERDICTS[fb.verdict], text or None,
-                                     fb.author.strip() or None if fb.author else None)
-        except StoreError as exc:
-            return _store_down(exc)
+        if store.explanation(explanation_id) is None:
+            return api_error(404, "not_found", f"no explanation with id {explanation_id}")
+        text = fb.text.strip() if fb.text is not None else None
+        row = store.add_feedback(explanation_id, VERDICTS[fb.verdict], text or None,
+                                 fb.author.strip() or None if fb.author else None)
         resp = jsonify({"status": "success", "data": feedback_json(row)})
         resp.status_code = 201
         return resp
@@ -488,10 +470,7 @@ def create_api_blueprint() -> Blueprint:
         q = parse_args(FeedbackQuery)
         if isinstance(q, Response):
             return q
-        try:
-            rows = store.feedback(explanation_id=q.explanation_id, limit=q.limit)
-        except StoreError as exc:
-            return _store_down(exc)
+        rows = store.feedback(explanation_id=q.explanation_id, limit=q.limit)
         return jsonify({"status": "success", "data": [feedback_json(r) for r in rows]})
 
     @bp.post("/api/v1/explain")
@@ -506,7 +485,7 @@ def create_api_blueprint() -> Blueprint:
     return bp
 
 
-def _store_down(exc: StoreError) -> Response:
+def store_unavailable(exc: StoreError) -> Response:
     logger.error("api: store unavailable: %s", exc)
     return api_error(503, "unavailable", "the store is unavailable; retry later")
 
@@ -607,7 +586,7 @@ def _explain_now(body: ExplainRequest) -> Response:
                                     evidence=evidence_to_dict(evidence), explanation=expl.to_dict(), markdown=md,
                                     guard_note=expl.guard_note)
     except StoreError as exc:
-        return _store_down(exc)
+        return store_unavailable(exc)
     except AiopsError as exc:
         logger.error("explain: cannot explain %r: %s", body.query[:200], exc)
         return api_error(422, "bad_data", f"cannot explain this query: {exc}")

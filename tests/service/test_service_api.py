@@ -288,3 +288,19 @@ def test_explain_now_with_prometheus_down_is_a_clear_502(tmp_path, store):
     body = error(explain(create_app(cfg, store).test_client()), 502)
     assert body["errorType"] == "upstream" and "unreachable" in body["error"]
     assert store.explanations() == []
+
+
+def test_store_failures_answer_503_on_every_resource(client, store, monkeypatch):
+    from aiops.errors import StoreError
+
+    def down(*_a, **_k):
+        raise StoreError("database is locked")
+
+    for name in ("events", "event", "explanations", "explanation", "feedback", "open_event_counts", "action_runs"):
+        monkeypatch.setattr(store, name, down)
+    for path in ("/api/v1/watches", "/api/v1/anomalies", "/api/v1/anomalies/1", "/api/v1/explanations",
+                 "/api/v1/explanations/1", "/api/v1/feedback", "/api/v1/action-runs"):
+        body = error(client.get(path), 503)
+        assert body["errorType"] == "unavailable" and "retry later" in body["error"], path
+    body = error(client.post("/api/v1/explanations/1/feedback", json={"verdict": "accept"}, headers=AUTH), 503)
+    assert "retry later" in body["error"]
