@@ -88,6 +88,18 @@ def output_labels(source: Mapping[str, str], metric: str, watch: str, **extra: s
     return out
 
 
+def source_labels(output: Mapping[str, str]) -> dict[str, str]:
+    """Inverse of :func:`output_labels`: the source series' labels of an output series."""
+    out = {k: v for k, v in output.items() if k not in ("__name__", "source_metric") + ADDED_LABELS}
+    for k in ADDED_LABELS:
+        if f"exported_{k}" in output:
+            out.pop(f"exported_{k}", None)
+            out[k] = output[f"exported_{k}"]
+    if "source_metric" in output:
+        out["__name__"] = output["source_metric"]
+    return out
+
+
 # --------------------------------------------------------------------------- writing
 
 

@@ -301,7 +301,8 @@ def _ctx() -> tuple[AiopsConfig, Any]:
     return ext["config"], ext["store"]
 
 
-def _source():
+def shared_source():
+    """The watch source of this app, made once and shared by the API and the UI."""
     ext = current_app.extensions["aiops"]
     if "source" not in ext:
         with _LOCK:
@@ -325,20 +326,6 @@ def _source_error(exc: SourceError) -> Response:
     if isinstance(exc, SourceUnavailable):
         return api_error(502, "upstream", f"the metric source is unreachable: {msg}")
     return api_error(502, "upstream", f"the metric source failed: {msg}")
-
-
-def _source_labels(output: Mapping[str, str]) -> dict[str, str]:
-    """Inverse of :func:`aiops.outputs.output_labels`: the source series' labels."""
-    from aiops.outputs import ADDED_LABELS
-
-    out = {k: v for k, v in output.items() if k not in ("__name__", "source_metric") + ADDED_LABELS}
-    for k in ADDED_LABELS:
-        if f"exported_{k}" in output:
-            out.pop(f"exported_{k}", None)
-            out[k] = output[f"exported_{k}"]
-    if "source_metric" in output:
-        out["__name__"] = output["source_metric"]
-    return out
 
 
 # --------------------------------------------------------------------------- the blueprint
@@ -494,7 +481,7 @@ def store_unavailable(exc: StoreError) -> Response:
 
 
 def _forecasts(store: Any, watch: WatchConfig, q: ForecastsQuery) -> dict[str, Any]:
-    from aiops.outputs import ANOMALY_SCORE, FORECAST, read_range
+    from aiops.outputs import ANOMALY_SCORE, FORECAST, read_range, source_labels
     from aiops.promql import Matcher, Selector
 
     now = pd.Timestamp.now(tz="UTC")
@@ -506,7 +493,7 @@ def _forecasts(store: Any, watch: WatchConfig, q: ForecastsQuery) -> dict[str, A
     out: dict[str, dict[str, Any]] = {}
 
     def entry(labels: Mapping[str, str]) -> dict[str, Any] | None:
-        src = _source_labels(labels)
+        src = source_labels(labels)
         sid = series_id(src)
         if q.series is not None and sid != q.series:
             return None
@@ -528,7 +515,7 @@ def _forecasts(store: Any, watch: WatchConfig, q: ForecastsQuery) -> dict[str, A
     past_end = min(until, now)
     if q.observed and out and past_end > since:
         try:
-            batch = _source().fetch(watch.query, since, past_end, step, watch=watch.name, max_series=watch.max_series)
+            batch = shared_source().fetch(watch.query, since, past_end, step, watch=watch.name, max_series=watch.max_series)
             for sid, g in batch.frame.groupby("series_id"):
                 g = g.dropna(subset=["value"])
                 if str(sid) in out:
@@ -563,7 +550,7 @@ def _explain_now(body: ExplainRequest) -> Response:
         return api_error(400, "bad_data", f"{int((end - start) / step)} points per series at step {body.step}; "
                          f"the limit is {MAX_POINTS}: use a larger step or a shorter range")
     try:
-        batch = _source().fetch(body.query, start, end, step, max_series=EXPLAIN_MAX_SERIES)
+        batch = shared_source().fetch(body.query, start, end, step, max_series=EXPLAIN_MAX_SERIES)
     except SourceError as exc:
         return _source_error(exc)
     except AiopsError as exc:

@@ -30,7 +30,8 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 from aiops.config import WatchConfig
 from aiops.errors import AiopsError, StoreError
 from aiops.outputs import ANOMALY_SCORE, FORECAST, output_labels
-from aiops.service.api import _source, _source_labels
+from aiops.outputs import source_labels
+from aiops.service.api import shared_source
 from aiops.service.auth import read_denied
 from aiops.store import Store, _utc, alert_inbox, explanations, feedback, output_points, output_series
 from aiops.types import AnomalyEvent, SeriesBatch, parse_series_id, series_id
@@ -210,7 +211,7 @@ def _watch_series(store: Store, watch: str) -> list[str]:
     c = output_series.c
     q = sa.select(c.labels).where((c.watch == watch) & c.metric.in_([ANOMALY_SCORE, FORECAST]))
     with store.engine.connect() as conn:
-        return sorted({series_id(_source_labels(lbl)) for lbl in conn.execute(q).scalars()})[:MAX_SERIES_LISTED]
+        return sorted({series_id(source_labels(lbl)) for lbl in conn.execute(q).scalars()})[:MAX_SERIES_LISTED]
 
 
 def _default_series(series: list[str], events: list[AnomalyEvent]) -> str:
@@ -255,7 +256,7 @@ def _observed(cfg: WatchConfig | None, sid: str, since: pd.Timestamp, until: pd.
     if until <= since:
         return None, "the chart lies in the future"
     try:
-        batch = _source().fetch(cfg.query, since, until, cfg.step.td, watch=cfg.name, max_series=cfg.max_series)
+        batch = shared_source().fetch(cfg.query, since, until, cfg.step.td, watch=cfg.name, max_series=cfg.max_series)
     except AiopsError as exc:
         logger.warning("ui: observed values of %s unavailable: %s", cfg.name, exc)
         return None, str(exc)

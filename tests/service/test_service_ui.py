@@ -16,7 +16,7 @@ from aiops.config import AiopsConfig
 from aiops.outputs import write_outputs
 from aiops.service.app import create_app
 from aiops.service.inbox import Inbox
-from aiops.service.api import _source_labels
+from aiops.outputs import source_labels
 from aiops.store import Store
 from aiops.types import AnomalyEvent, series_id
 
@@ -268,7 +268,7 @@ def test_chart_series_ids_invert_output_labels(labels):
     """The chart lists output series under their source ids; events carry the same ids."""
     from aiops.outputs import ANOMALY_SCORE, output_labels
 
-    assert _source_labels(output_labels(labels, ANOMALY_SCORE, WATCH)) == labels
+    assert source_labels(output_labels(labels, ANOMALY_SCORE, WATCH)) == labels
 
 
 def test_approve_buttons_follow_the_watch_actions(seeded, tmp_path):
