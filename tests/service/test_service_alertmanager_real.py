@@ -7,18 +7,16 @@ alert's annotation region.
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
 from aiops.config import AiopsConfig
-from aiops.service.commands import build_service, make_server
 from aiops.service.inbox import Inbox
-from aiops.store import Store, annotation_outbox, explanations
+from aiops.store import annotation_outbox, explanations
 from tests.fixtures.alertmanager import start_alertmanager
+from tests.fixtures.service import running_service, wait_for
 
 pytestmark = pytest.mark.alertmanager
 
@@ -27,15 +25,6 @@ TOKEN = "am-s3cr3t"
 
 def _iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
-
-
-def wait_for(pred, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture
@@ -47,16 +36,8 @@ def service(tmp_path):
             "service": {"token": TOKEN, "lease": "30s", "retry_backoff": "0.1s"},
         }
     )
-    store = Store.open(cfg.store.url)
-    app, pool = build_service(cfg, store=store, workers=2)
-    server = make_server(app, "127.0.0.1", 0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    pool.start()
-    yield f"http://127.0.0.1:{server.effective_port}", store
-    pool.stop(10)
-    server.close()
-    thread.join(10)
+    with running_service(cfg, workers=2) as svc:
+        yield svc.url, svc.store
 
 
 def test_alertmanager_notifications_are_stored_and_explained(tmp_path, service):
