@@ -104,14 +104,22 @@ class BaseForecaster:
         panel = self.panel_ if batch is None else self._panel(batch)
         if panel is None:
             raise ModelError("no history to forecast from", hint="pass the batch to predict() after load()")
-        yhat, lo, hi = self._forecast(panel, int(horizon))
-        rows = []
-        for i, sid in enumerate(panel.ids):
-            end = panel.starts[i] + (len(panel.values[i]) - 1) * panel.step
-            ts = pd.date_range(end + panel.step, periods=int(horizon), freq=panel.step)
-            rows.append(pd.DataFrame({"series_id": sid, "ts": ts, "yhat": yhat[i], "yhat_lower": lo[i], "yhat_upper": hi[i]}))
-        out = pd.concat(rows, ignore_index=True)
-        return out[list(FORECAST_COLUMNS)]
+        h = int(horizon)
+        yhat, lo, hi = self._forecast(panel, h)
+        # one frame for all series at once: per-series frames cost more than the forecast itself
+        step = panel.step.value
+        ends = np.array([t.value for t in panel.starts], dtype=np.int64) + step * (
+            np.array([len(v) for v in panel.values], dtype=np.int64) - 1)
+        ts = (ends[:, None] + step * np.arange(1, h + 1, dtype=np.int64)[None, :]).ravel()
+
+        def flat(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([np.asarray(a, dtype=np.float64).reshape(h) for a in parts]) if parts else np.empty(0)
+
+        return pd.DataFrame({
+            "series_id": np.repeat(np.asarray(panel.ids, dtype=object), h),
+            "ts": pd.to_datetime(ts, unit="ns", utc=True),
+            "yhat": flat(yhat), "yhat_lower": flat(lo), "yhat_upper": flat(hi),
+        })[list(FORECAST_COLUMNS)]
 
     def score(self, batch: SeriesBatch | pd.DataFrame, *, start: Any = None, window: int | None = None) -> pd.DataFrame:
         """Causal anomaly scores of the rows of ``batch`` (from ``start`` on, default all).

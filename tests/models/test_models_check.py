@@ -32,6 +32,8 @@ def test_model_contract(kind, small_batch, tmp_path):
     last = small_batch.groupby("series_id")["ts"].max()
     first = fc.groupby("series_id")["ts"].min()
     assert ((first - last) == pd.Timedelta("1h")).all()
+    assert (fc.groupby("series_id")["ts"].diff().dropna() == pd.Timedelta("1h")).all()
+    assert str(fc["ts"].dtype) == "datetime64[ns, UTC]" and fc["series_id"].map(type).eq(str).all()
 
     sc = model.score(small_batch)
     assert list(sc.columns) == list(SCORE_COLUMNS)
