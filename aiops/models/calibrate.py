@@ -17,7 +17,11 @@ What ``anomaly_score`` means:
   day (within ``RECUR_WIDTH`` steps) on one of the last ``RECUR_DAYS`` days (a daily cron job
   is not an anomaly however far it leaves the band), and it is not new when it is no more
   surprising than a row of the previous ``2 * halflife`` steps (one alert per change, not one
-  per row of a lasting shift).
+  per row of a lasting shift). A deviation whose residual pattern is new to the series gains
+  up to ``NOVELTY_WEIGHT``: :func:`context_novelty` is the share of the last one and two
+  residual size classes (at a few class widths) that never occurred before, so a first-ever
+  deviation of its size, or a known spike in a new sequence, ranks above a deviation of a
+  kind the series has shown before; it is added before the ``2 * halflife`` rule.
 * ``s == 1``: outside the band but not new. A sustained deviation therefore scores above 1
   at its onset (and again whenever it grows) and exactly 1.0 while it lasts; events
   (:mod:`aiops.detect.events`) start at the new rows and last while the series stays outside
@@ -144,6 +148,42 @@ def new_information(s: np.ndarray, hold: int) -> np.ndarray:
     return s > np.nan_to_num(prev, nan=-np.inf)
 
 
+NOVELTY_EDGES = (1.5, 3.0, 6.0)
+NOVELTY_SCALES = (1.0, 2.0 ** 0.5, 2.0, 2.0 ** 1.5)
+NOVELTY_DEPTH = 2
+NOVELTY_WEIGHT = 4.0
+
+
+def context_novelty(z: np.ndarray, *, edges: tuple[float, ...] = NOVELTY_EDGES,
+                    scales: tuple[float, ...] = NOVELTY_SCALES, depth: int = NOVELTY_DEPTH) -> np.ndarray:
+    """Share of recent residual patterns never seen before in the series, in ``[0, 1]`` (causal).
+
+    ``z`` (signed residuals in units of their scale; NaN counts as 0) is quantised into classes
+    split at ``±e * c`` for ``e`` in ``edges``; for every context length ``k = 1..depth`` the
+    pattern of the last ``k`` classes is *new* at ``t`` when it occurs nowhere before ``t``.
+    The result averages the new share over the quantisations ``c`` in ``scales`` (so it does not
+    hinge on one set of edges): 1 where every pattern at every scale is new.
+    """
+    z = np.nan_to_num(np.asarray(z, dtype=np.float64), nan=0.0)
+    n = len(z)
+    out = np.zeros(n)
+    if n == 0:
+        return out
+    base = np.asarray(edges, dtype=np.float64)
+    for c in scales:
+        cut = np.concatenate([-base[::-1], base]) * c
+        b = np.searchsorted(cut, z).astype(np.int64)  # classes 0..len(cut)
+        pad = len(cut) + 1  # the class "before the start"
+        key = np.zeros(n, dtype=np.int64)
+        for k in range(depth):
+            shifted = np.full(n, pad, dtype=np.int64)
+            shifted[k:] = b[: n - k]
+            key = key * (pad + 1) + shifted
+            _, first = np.unique(key, return_index=True)  # each pattern's first occurrence
+            out[first] += 1.0
+    return out / (len(scales) * depth)
+
+
 def causal_spread(y: np.ndarray, every: int = 64) -> np.ndarray:
     """Robust spread (IQR / 1.349) of the values before each step; tiny but positive when flat."""
     n = len(y)
@@ -181,7 +221,8 @@ def causal_scores(
     the surprise beyond it in a way comparable across series. Above 1.0 only new information
     counts (see the module docstring): with ``season`` (steps per day) a deviation is also
     scored by the surprise of its distance to the same time of the last days
-    (:func:`seasonal_distance`) and keeps the smaller of the two; a row that does not beat the
+    (:func:`seasonal_distance`) and keeps the smaller of the two; a residual pattern new to the
+    series adds up to ``NOVELTY_WEIGHT`` (:func:`context_novelty`); a row that does not beat the
     previous ``2 * halflife`` rows (:func:`new_information`) scores 1.0.
 
     Returns arrays ``anomaly_score`` (0 where not yet calibrated), ``yhat``, ``yhat_lower``,
@@ -210,7 +251,10 @@ def causal_scores(
         zv = np.abs(y - med) / causal_spread(y)
         for a in (zs, zv):
             score = np.maximum(score, _surprise(tail_probability(a, window=window, shape=shape), level) - EXTRA_OFFSET)
-    score = _only_new(score, y, level, season=season, window=window, shape=shape, burn=burn, hold=int(2 * halflife))
+    novelty = context_novelty(r / scale)
+    novelty[:burn] = 0.0  # every pattern is new while the residual scale warms up
+    score = _only_new(score, y, level, season=season, window=window, shape=shape, burn=burn,
+                      hold=int(2 * halflife), novelty=novelty)
     # band half-width: the conformal ``level`` quantile of past |z|, in the series' units
     zr = np.where(np.arange(len(z)) >= burn, z, np.nan)
     q = pd.Series(zr).rolling(window, min_periods=MIN_RESIDUALS).quantile(level).shift(1).to_numpy()
@@ -221,8 +265,12 @@ def causal_scores(
 
 
 def _only_new(point: np.ndarray, y: np.ndarray, level: float, *, season: int | None, window: int,
-              shape: float, burn: int, hold: int) -> np.ndarray:
-    """Scores above 1 kept only for new deviations; the others outside the band score 1.0."""
+              shape: float, burn: int, hold: int, novelty: np.ndarray | None = None) -> np.ndarray:
+    """Scores above 1 kept only for new deviations; the others outside the band score 1.0.
+
+    ``novelty`` (:func:`context_novelty`, in ``[0, 1]``) adds ``NOVELTY_WEIGHT`` times itself
+    to the surprise of rows outside the band.
+    """
     novel = point
     if season is not None and season >= 2 * RECUR_WIDTH + 2:
         # in the series' units: the tail fit is scale-free when its floor on the tail scale is off
@@ -230,6 +278,8 @@ def _only_new(point: np.ndarray, y: np.ndarray, level: float, *, season: int | N
         p = tail_probability(dist, window=window, shape=shape, ref_start=burn, min_beta=0.0)
         # where the same time of day has no history yet, only the point surprise speaks
         novel = np.where(np.isfinite(p), np.minimum(point, _surprise(p, level)), point)
+    if novelty is not None:
+        novel = novel + NOVELTY_WEIGHT * novelty
     novel = np.where(point <= 1.0, point, np.maximum(novel, 1.0))
     return np.where(point <= 1.0, point, np.where(new_information(novel, hold), novel, 1.0))
 
