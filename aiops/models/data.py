@@ -56,25 +56,51 @@ def check_frame(frame: pd.DataFrame, *, duplicates: str = "error") -> pd.DataFra
         )
     if frame.empty:
         raise InputError("frame has no rows", hint="fetch a longer history or check the query")
-    f = frame[list(SERIES_COLUMNS)].copy()
-    f["series_id"] = f["series_id"].astype(str)
+    f = frame[list(SERIES_COLUMNS)]
     ts = pd.to_datetime(f["ts"], utc=True)
-    f["ts"] = ts
+    if ts.isna().any():
+        raise InputError(f"frame has {int(ts.isna().sum())} row(s) without a timestamp", hint="drop or fix those rows")
     try:
-        f["value"] = pd.to_numeric(f["value"], errors="raise").astype("float64")
+        values = pd.to_numeric(f["value"], errors="raise").astype("float64").to_numpy()
     except (ValueError, TypeError) as exc:
         raise InputError(f"frame has non-numeric values: {exc}") from None
-    f = f.sort_values(["series_id", "ts"], kind="stable").reset_index(drop=True)
-    dup = f.duplicated(["series_id", "ts"])
+    codes, names = _series_codes(f["series_id"])
+    t = pd.DatetimeIndex(ts).as_unit("ns").asi8
+    ts_arr = ts.array
+    order = _row_order(codes, t)
+    if order is not None:
+        codes, t, ts_arr, values = codes[order], t[order], ts_arr.take(order), values[order]
+    # sorted by (series, time) and stable, so a repeat is the row right after its first
+    dup = np.concatenate([[False], (codes[1:] == codes[:-1]) & (t[1:] == t[:-1])])
     if dup.any() and duplicates == "keep":
         logger.info("%d rows repeat an earlier timestamp of their series", int(dup.sum()))
     elif dup.any():
-        row = f[dup].iloc[0]
+        i = int(np.argmax(dup))
         raise InputError(
-            f"duplicate timestamp {row['ts']} in series {row['series_id']!r}",
+            f"duplicate timestamp {ts_arr[i]} in series {names[codes[i]]!r}",
             hint="each series needs one value per timestamp",
         )
-    return f
+    return pd.DataFrame({"series_id": names[codes], "ts": ts_arr, "value": values})
+
+
+def _series_codes(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's series as a code into the sorted ids (as text), and those ids.
+
+    Ids that read the same as text (``1`` and ``"1"``) are one series.
+    """
+    codes, uniq = pd.factorize(ids, use_na_sentinel=False)
+    names, inv = np.unique(np.asarray([str(u) for u in uniq], dtype=object), return_inverse=True)
+    return inv.reshape(-1)[codes], names
+
+
+def _row_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray | None:
+    """A stable order of the rows by (series, time), or None when they are in it already."""
+    if len(codes) < 2:
+        return None
+    dc = np.diff(codes)
+    if ((dc > 0) | ((dc == 0) & (np.diff(t) >= 0))).all():
+        return None
+    return np.lexsort((t, codes))
 
 
 def infer_step(frame: pd.DataFrame) -> pd.Timedelta:
@@ -100,14 +126,21 @@ def to_panel(frame: pd.DataFrame, step: pd.Timedelta | None = None) -> Panel:
         raise InputError(f"step must be positive, got {step}")
     ids, starts, values, positions = [], [], [], []
     ns = step.value
-    for sid, g in frame.groupby("series_id", sort=True):
-        t = pd.DatetimeIndex(g["ts"]).as_unit("ns").asi8
-        t0 = t[0]
-        k = np.rint((t - t0) / ns).astype(np.int64)
+    codes, names = _series_codes(frame["series_id"])
+    t = pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8
+    v = frame["value"].to_numpy(dtype=np.float64)
+    order = _row_order(codes, t)
+    if order is not None:
+        codes, t, v = codes[order], t[order], v[order]
+    # one pass over contiguous row ranges: a pandas groupby costs more than the grids
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        tt = t[a:b]
+        k = np.rint((tt - tt[0]) / ns).astype(np.int64)
         arr = np.full(int(k[-1]) + 1, np.nan)
-        arr[k] = g["value"].to_numpy()
-        ids.append(str(sid))
-        starts.append(pd.Timestamp(t0, tz="UTC"))
+        arr[k] = v[a:b]  # a repeated step keeps the last row
+        ids.append(str(names[codes[a]]))
+        starts.append(pd.Timestamp(int(tt[0]), tz="UTC"))
         values.append(arr)
         positions.append(k)
     return Panel(ids, starts, step, values, positions)
