@@ -312,7 +312,8 @@ def horizon_factors(
     that error. Steps are pooled across windows (series, origins) into buckets starting at
     steps 1, 2, 4, 8, ...; a bucket with fewer than ``min_count`` finite ratios is merged into
     the next. Returns ``(starts, factors)``: bucket ``j`` covers steps from ``starts[j]`` on
-    (1-based) and widens the band by ``factors[j]`` (:func:`conformal_factor` of its ratios).
+    (1-based) and widens the band by ``factors[j]``: :func:`conformal_factor` of its ratios, at
+    least ``MIN_FACTOR`` and at least the factor of the bucket before.
     """
     r = np.asarray(residuals, dtype=np.float64)
     w = np.asarray(half_widths, dtype=np.float64)
@@ -335,6 +336,11 @@ def horizon_factors(
     # Where most held-out errors are exactly zero (a quantised or flat stretch) the quantile is
     # zero and the band would vanish; it never shrinks below MIN_FACTOR of the model's own band.
     factors = [max(conformal_factor(r[:, a:b].ravel(), w[:, a:b].ravel(), level), MIN_FACTOR) for a, b in buckets]
+    # A later lead time is never easier than an earlier one: a bucket's factor is at least the
+    # one before it. A later bucket that calibrates lower rests on the same few held-out
+    # windows (their far ends overlap in the last horizon of the tail), so the dip is taken
+    # for sampling noise rather than a band that may shrink.
+    factors = np.maximum.accumulate(factors).tolist()
     return [a + 1 for a, _ in buckets], factors
 
 

@@ -93,6 +93,23 @@ def test_horizon_factors_pool_windows_by_bucket_and_merge_thin_buckets():
     assert horizon_factors(r[:1, :3], half[:1, :3], 0.8) == ([1], [1.0])  # too few: no change
 
 
+def test_horizon_factors_never_fall_with_the_lead_time():
+    from aiops.models.calibrate import conformal_factor, horizon_factors
+
+    rng = np.random.default_rng(1)
+    windows, H = 400, 16
+    # the model's band over-widens at later steps, so the raw per-bucket factors would fall
+    r = rng.normal(0, 1.0, (windows, H))
+    half = np.tile(np.linspace(1.2816, 3 * 1.2816, H), (windows, 1))
+    starts, factors = horizon_factors(r, half, 0.8, min_count=50)
+    assert starts == [1, 2, 4, 8, 16]
+    raw = [conformal_factor(r[:, a - 1 : b - 1].ravel(), half[:, a - 1 : b - 1].ravel(), 0.8)
+           for a, b in zip(starts, starts[1:] + [H + 1])]
+    assert raw[-1] < raw[0] * 0.6  # what the buckets alone say
+    assert factors[0] == pytest.approx(raw[0]) and np.all(np.diff(factors) >= 0)
+    assert factors == pytest.approx(np.maximum.accumulate(np.maximum(raw, 0.5)).tolist())
+
+
 @pytest.mark.parametrize("kind", ["neural", "auto"])
 def test_calibrated_band_covers_about_the_level_on_held_out_days(kind):
     """Noisy seasonal series: the 80% band covers about 80% of the next day, never far off."""
