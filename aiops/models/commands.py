@@ -13,8 +13,15 @@ from aiops.errors import InputError
 logger = logging.getLogger(__name__)
 
 
-def read_series_csv(path: str) -> tuple[pd.DataFrame, str, bool]:
+KEEP_DUPLICATES_HELP = ("A repeated timestamp of a series (a clock set back, e.g. for daylight saving) "
+                        "is kept instead of rejected; the last of its values stands for that step.")
+
+
+def read_series_csv(path: str, *, keep_duplicates: bool = False) -> tuple[pd.DataFrame, str, bool]:
     """Read ``timestamp,value`` or ``timestamp,series,value``; return (long frame, ts form, has series).
+
+    A repeated timestamp within a series is an error unless ``keep_duplicates`` (then every row
+    is returned and the caller decides which stands).
 
     Raises:
         InputError: naming the first bad data row (1-based, header not counted).
@@ -44,12 +51,15 @@ def read_series_csv(path: str) -> tuple[pd.DataFrame, str, bool]:
     sid = raw["series"].astype(str) if has_series else pd.Series("value", index=raw.index)
     frame = pd.DataFrame({"series_id": sid.to_numpy(), "ts": ts.to_numpy(), "value": vals.astype("float64").to_numpy()})
     dup = frame.duplicated(["series_id", "ts"])
-    if dup.any():
+    if dup.any() and keep_duplicates:
+        logger.info("%s: %d rows repeat an earlier timestamp of their series; the last value stands", path, int(dup.sum()))
+    elif dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
         where = f" of series {frame['series_id'].iloc[i]!r}" if has_series else ""
         raise InputError(
             f"{path}: duplicate timestamp {raw['timestamp'].iloc[i]!r}{where} on data row {i + 1}",
-            hint="each series needs one value per timestamp",
+            hint="each series needs one value per timestamp; --keep-duplicates lets the last value of a "
+            "repeated timestamp stand (e.g. a clock set back for daylight saving)",
         )
     return frame, form, has_series
 
@@ -68,12 +78,14 @@ def _write(out: pd.DataFrame, path: str) -> None:
 @click.option("--level", default=80.0, show_default=True, help="Central interval level in percent.")
 @click.option("--model", default="auto", show_default=True, help="Model kind (auto, neural, robust, seasonal_naive).")
 @click.option("--seed", default=0, show_default=True)
-def forecast_cmd(input_path, horizon, output_path, level, model, seed) -> None:
+@click.option("--keep-duplicates", is_flag=True, help=KEEP_DUPLICATES_HELP)
+def forecast_cmd(input_path, horizon, output_path, level, model, seed, keep_duplicates) -> None:
     """Forecast each series of a CSV past its last timestamp with a calibrated band."""
     from aiops.models.api import forecast_frame
     from aiops.timeutil import format_timestamps
 
-    frame, form, has_series = read_series_csv(input_path)
+    frame, form, has_series = read_series_csv(input_path, keep_duplicates=keep_duplicates)
+    frame = frame.drop_duplicates(["series_id", "ts"], keep="last")
     fc = forecast_frame(frame, horizon, level=_level(level), model=model, seed=seed)
     out = pd.DataFrame({"timestamp": format_timestamps(fc["ts"], form).to_numpy()})
     if has_series:
@@ -92,12 +104,13 @@ def forecast_cmd(input_path, horizon, output_path, level, model, seed) -> None:
 @click.option("--model", default="auto", show_default=True)
 @click.option("--refit-every", default=None, help="Refit period: steps or a duration (default 1 day).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def detect_cmd(input_path, output_path, level, threshold, model, refit_every, quiet) -> None:
+@click.option("--keep-duplicates", is_flag=True, help=KEEP_DUPLICATES_HELP + " Every input row still gets an output row; a repeated step is scored once, on its last value.")
+def detect_cmd(input_path, output_path, level, threshold, model, refit_every, quiet, keep_duplicates) -> None:
     """Causal backtest: score every row from the rows before it, as the scheduler would."""
     from aiops.models.api import detect_frame
     from aiops.timeutil import format_timestamps
 
-    frame, form, has_series = read_series_csv(input_path)
+    frame, form, has_series = read_series_csv(input_path, keep_duplicates=keep_duplicates)
     order = frame.sort_values(["series_id", "ts"], kind="stable").index
     sc = detect_frame(frame, level=_level(level), model=model, refit_every=refit_every, progress=not quiet)
     sc.index = order  # detect_frame returns rows sorted by series then time
@@ -105,7 +118,8 @@ def detect_cmd(input_path, output_path, level, threshold, model, refit_every, qu
     out = pd.DataFrame({"timestamp": format_timestamps(sc["ts"], form).to_numpy()})
     if has_series:
         out.insert(0, "series", sc["series_id"].to_numpy())
-    for c in ("value", "anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
+    out["value"] = frame["value"].to_numpy()  # each row's own value, also where a timestamp repeats
+    for c in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
         out[c] = sc[c].to_numpy()
     out["is_anomaly"] = (out["anomaly_score"] >= threshold).astype(int)
     _write(out, output_path)
