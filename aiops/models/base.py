@@ -132,18 +132,24 @@ class BaseForecaster:
         start_ts = pd.Timestamp(start) if start is not None else None
         if start_ts is not None and start_ts.tzinfo is None:
             start_ts = start_ts.tz_localize("UTC")
-        parts = []
+        cols: dict[str, list[np.ndarray]] = {c: [] for c in SCORE_COLUMNS}
+        step = panel.step.value
         for i, sid in enumerate(panel.ids):
             y = panel.values[i]
             pred = self._one_step(sid, y, panel.starts[i])
             s = causal_scores(y, pred, self.level, window=window or self.params.get("calib_window", 1000))
-            ts = panel.starts[i] + panel.step * panel.positions[i]
             pos = panel.positions[i]
-            df = pd.DataFrame({"series_id": sid, "ts": ts, "value": y[pos], **{k: v[pos] for k, v in s.items()}})
-            if start_ts is not None:
-                df = df[df["ts"] >= start_ts]
-            parts.append(df)
-        return pd.concat(parts, ignore_index=True)[list(SCORE_COLUMNS)]
+            # times as integer ns since the epoch: a Timedelta times an array builds Python objects
+            ts = panel.starts[i].value + step * pos
+            keep = slice(None) if start_ts is None else ts >= start_ts.value
+            cols["series_id"].append(np.full(len(pos[keep]), sid, dtype=object))
+            cols["ts"].append(ts[keep])
+            cols["value"].append(y[pos][keep])
+            for k, v in s.items():
+                cols[k].append(v[pos][keep])
+        out = {c: np.concatenate(v) for c, v in cols.items()}
+        out["ts"] = pd.to_datetime(out["ts"], unit="ns", utc=True)
+        return pd.DataFrame(out)[list(SCORE_COLUMNS)]
 
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``weights.safetensors`` under ``path`` (a folder)."""
