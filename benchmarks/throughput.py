@@ -32,6 +32,26 @@ DAY = 288
 
 def synthetic(n_series: int, n_points: int, seed: int = 0) -> pd.DataFrame:
     """A long frame of ``n_series`` operations-like series of ``n_points`` 5-minute steps."""
+    ids, y = synthetic_values(n_series, n_points, seed)
+    ts = pd.date_range("2024-01-01", periods=n_points, freq=STEP, tz="UTC")
+    return pd.DataFrame({"series_id": np.repeat(ids, n_points), "ts": np.tile(ts, n_series), "value": y.ravel()})
+
+
+def synthetic_panel(n_series: int, n_points: int, seed: int = 0, chunk: int = 10_000):
+    """The same kind of series as a Panel (no long frame: 100,000 series fit in a few GB)."""
+    from aiops.models.data import Panel
+
+    ids, rows = [], []
+    for c in range(0, n_series, chunk):
+        i, y = synthetic_values(min(chunk, n_series - c), n_points, seed + 1 + c // chunk, first=c)
+        ids += i.tolist()
+        rows += list(y)
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    return Panel(ids, [start] * n_series, STEP, rows)
+
+
+def synthetic_values(n_series: int, n_points: int, seed: int = 0, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Series ids and an ``(n_series, n_points)`` array of values (see :func:`synthetic`)."""
     rng = np.random.default_rng(seed)
     t = np.arange(n_points)
     level = rng.lognormal(3, 1, (n_series, 1))
@@ -44,9 +64,8 @@ def synthetic(n_series: int, n_points: int, seed: int = 0) -> pd.DataFrame:
     y = level * weekday * (1 + amp * daily + drift + noise)
     spikes = rng.random((n_series, n_points)) < 0.002
     y = np.where(spikes, y * rng.uniform(1.5, 3, (n_series, n_points)), y)
-    ts = pd.date_range("2024-01-01", periods=n_points, freq=STEP, tz="UTC")
-    ids = np.array([f'synthetic{{series="{i}"}}' for i in range(n_series)])
-    return pd.DataFrame({"series_id": np.repeat(ids, n_points), "ts": np.tile(ts, n_series), "value": y.ravel()})
+    ids = np.array([f'synthetic{{series="{i}"}}' for i in range(first, first + n_series)])
+    return ids, y
 
 
 def _rss() -> int:
@@ -87,7 +106,8 @@ def measure(out: dict, key: str, device: str) -> Iterator[None]:
             out[f"{key}_cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
 
-def run_aiops(frame: pd.DataFrame, model: str, horizon: int, device: str, n: int, threads: int | None = None) -> dict:
+def run_aiops(frame: pd.DataFrame, model: str, horizon: int, device: str, n: int, threads: int | None = None,
+              predict_panel=None) -> dict:
     from aiops.models import get_model
 
     klass = get_model(model)
@@ -109,6 +129,12 @@ def run_aiops(frame: pd.DataFrame, model: str, horizon: int, device: str, n: int
     res["fit_series_per_s"] = n / res["fit_s"]
     res["predict_series_per_s"] = n / res["predict_s"]
     res["predict_frame_series_per_s"] = n / res["predict_frame_s"]
+    if predict_panel is not None:  # inference at a larger scale than the fit, from gridded series
+        m.panel_ = predict_panel
+        with measure(res, "predict_large", device):
+            m.predict(horizon)
+        res["predict_large_series"] = len(predict_panel)
+        res["predict_large_series_per_s"] = len(predict_panel) / res["predict_large_s"]
     res["total_series_per_s"] = n / (res["fit_s"] + res["predict_s"])
     res["finite_share"] = float(np.isfinite(fc["yhat"]).mean())
     net = getattr(m, "neural_", m)
@@ -154,6 +180,9 @@ def main() -> None:
     ap.add_argument("--n-jobs", type=int, default=-1, help="statsforecast processes (-1: all cores)")
     ap.add_argument("--threads", type=int, help="torch CPU threads for the neural models (default: the model's, 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--predict-series", type=int,
+                    help="also time predict() on this many other series (made as arrays, no long frame), "
+                    "with the model fitted on --series: inference at scales whose long frame would not fit in memory")
     ap.add_argument("--out", help="write results JSON here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
@@ -162,13 +191,20 @@ def main() -> None:
     t0 = time.perf_counter()
     frame = synthetic(args.series, args.points, args.seed)
     print(f"{args.series} series x {args.points} points generated in {time.perf_counter() - t0:.1f} s")
+    big = None
+    if args.predict_series:
+        t0 = time.perf_counter()
+        big = synthetic_panel(args.predict_series, args.points, args.seed)
+        print(f"{args.predict_series} more series generated as arrays in {time.perf_counter() - t0:.1f} s")
     results: dict[str, dict] = {}
     for model in filter(None, args.models.split(",")):
-        r = run_aiops(frame, model, args.horizon, args.device, args.series, args.threads)
+        r = run_aiops(frame, model, args.horizon, args.device, args.series, args.threads, big)
         results[f"aiops:{model}"] = r
         print(f"aiops {model}: fit {r['fit_series_per_s']:.1f} series/s ({r['fit_peak_rss_mb']:.0f} MB), "
               f"predict {r['predict_series_per_s']:.1f} series/s ({r['predict_peak_rss_mb']:.0f} MB), "
-              f"predict from the frame {r['predict_frame_series_per_s']:.1f} series/s")
+              f"predict from the frame {r['predict_frame_series_per_s']:.1f} series/s"
+              + (f", predict on {r['predict_large_series']} series {r['predict_large_series_per_s']:.1f} series/s "
+                 f"({r['predict_large_peak_rss_mb']:.0f} MB)" if "predict_large_s" in r else ""))
     for kind in filter(None, args.baselines.split(",")):
         r = run_statsforecast(frame, kind, args.horizon, min(args.baseline_series, args.series), args.n_jobs)
         results[f"statsforecast:{kind}"] = r
