@@ -104,7 +104,7 @@ def forecast_cmd(input_path, horizon, output_path, level, model, seed, keep_dupl
 @click.option("--model", default="auto", show_default=True)
 @click.option("--refit-every", default=None, help="Refit period: steps or a duration (default 1 day).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--keep-duplicates", is_flag=True, help=KEEP_DUPLICATES_HELP + " Every input row still gets an output row; a repeated step is scored once, on its last value.")
+@click.option("--keep-duplicates", is_flag=True, help=KEEP_DUPLICATES_HELP + " Every input row still gets an output row: the step has one band, and each of its rows is scored by its own value.")
 def detect_cmd(input_path, output_path, level, threshold, model, refit_every, quiet, keep_duplicates) -> None:
     """Causal backtest: score every row from the rows before it, as the scheduler would."""
     from aiops.models.api import detect_frame
@@ -118,8 +118,7 @@ def detect_cmd(input_path, output_path, level, threshold, model, refit_every, qu
     out = pd.DataFrame({"timestamp": format_timestamps(sc["ts"], form).to_numpy()})
     if has_series:
         out.insert(0, "series", sc["series_id"].to_numpy())
-    out["value"] = frame["value"].to_numpy()  # each row's own value, also where a timestamp repeats
-    for c in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
+    for c in ("value", "anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
         out[c] = sc[c].to_numpy()
     out["is_anomaly"] = (out["anomaly_score"] >= threshold).astype(int)
     _write(out, output_path)

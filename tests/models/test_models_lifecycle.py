@@ -93,11 +93,11 @@ def test_cli_detect_and_forecast_keep_the_timestamp_form(tmp_path):
 
 
 def test_cli_keep_duplicates_scores_every_row_and_lets_the_last_value_stand(tmp_path):
-    f = seasonal(24 * 6)
+    f = seasonal(24 * 20)
     rows = pd.DataFrame({"timestamp": f["ts"].dt.strftime("%Y-%m-%d %H:%M:%S"), "value": f["value"]})
     # an hour repeated, as when a local clock is set back: the second reading is far off
-    rep = rows.iloc[[100]].assign(value=rows["value"].iloc[100] + 1000.0)
-    rows = pd.concat([rows.iloc[:101], rep, rows.iloc[101:]], ignore_index=True)
+    rep = rows.iloc[[400]].assign(value=rows["value"].iloc[400] + 1000.0)
+    rows = pd.concat([rows.iloc[:401], rep, rows.iloc[401:]], ignore_index=True)
     rows.to_csv(tmp_path / "dup.csv", index=False)
     refused = CliRunner().invoke(cli, ["detect", "--input", str(tmp_path / "dup.csv"), "--output", str(tmp_path / "d.csv")])
     assert refused.exit_code == 2 and "--keep-duplicates" in refused.output
@@ -107,12 +107,15 @@ def test_cli_keep_duplicates_scores_every_row_and_lets_the_last_value_stand(tmp_
     d = pd.read_csv(tmp_path / "d.csv")
     assert len(d) == len(rows)
     np.testing.assert_allclose(d["value"], rows["value"], rtol=1e-12)  # each row its own value
-    assert d["anomaly_score"].iloc[100] == d["anomaly_score"].iloc[101]  # the step is scored once
+    # the step has one band; each of its rows is scored by its own value
+    first, second = d.iloc[400], d.iloc[401]
+    assert np.isfinite(first["yhat_upper"]) and first["yhat_upper"] == second["yhat_upper"]
+    assert first["is_anomaly"] == 0 and second["is_anomaly"] == 1
     r = CliRunner().invoke(cli, ["forecast", "--keep-duplicates", "--input", str(tmp_path / "dup.csv"), "--horizon", "6",
                                  "--output", str(tmp_path / "f.csv"), "--model", "seasonal_naive"])
     assert r.exit_code == 0, r.output
     # the same as forecasting the file with only the last value of the repeated hour
-    rows.drop(index=100).to_csv(tmp_path / "last.csv", index=False)
+    rows.drop(index=400).to_csv(tmp_path / "last.csv", index=False)
     r = CliRunner().invoke(cli, ["forecast", "--input", str(tmp_path / "last.csv"), "--horizon", "6",
                                  "--output", str(tmp_path / "g.csv"), "--model", "seasonal_naive"])
     assert r.exit_code == 0, r.output
