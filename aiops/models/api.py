@@ -10,7 +10,7 @@ import pandas as pd
 
 from aiops.errors import InputError
 from aiops.models.calibrate import band_score, causal_scores
-from aiops.models.data import Panel, check_frame, to_panel
+from aiops.models.data import Panel, check_frame, panel_of, to_panel
 from aiops.models.registry import detect_kind, get_model
 from aiops.timeutil import parse_duration
 from aiops.types import FORECAST_COLUMNS, SCORE_COLUMNS
@@ -55,14 +55,12 @@ def forecast_frame(
 
     Returns ``series_id, ts, yhat, yhat_lower, yhat_upper`` (``level`` central interval).
     """
-    f = check_frame(frame)
-    step_td = _step(step)
-    panel = to_panel(f, step_td)
+    panel = panel_of(frame, _step(step))
     h = steps_of(horizon_steps, panel.step)
     m = make_model(model, level=level, seed=seed, params=params)
     if hasattr(m, "horizon"):
         m.horizon = h
-    m.fit(f, step=panel.step)
+    m.fit(panel)
     return m.predict(h)[list(FORECAST_COLUMNS)]
 
 

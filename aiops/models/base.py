@@ -18,7 +18,7 @@ import pandas as pd
 
 from aiops.errors import InputError, ModelError
 from aiops.models.calibrate import causal_scores
-from aiops.models.data import Panel, check_frame, to_panel
+from aiops.models.data import Panel, panel_of
 from aiops.types import FORECAST_COLUMNS, SCORE_COLUMNS, SeriesBatch
 
 logger = logging.getLogger(__name__)
@@ -84,10 +84,13 @@ class BaseForecaster:
 
     # ------------------------------------------------------------------ public API
 
-    def fit(self, batch: SeriesBatch | pd.DataFrame, *, step: pd.Timedelta | None = None) -> "BaseForecaster":
-        """Fit on every series of ``batch``; returns self."""
-        frame, bstep = _as_frame(batch)
-        panel = to_panel(check_frame(frame), step or bstep)
+    def fit(self, batch: SeriesBatch | pd.DataFrame | Panel, *, step: pd.Timedelta | None = None) -> "BaseForecaster":
+        """Fit on every series of ``batch`` (a long frame, or series already on grids); returns self."""
+        if isinstance(batch, Panel):
+            panel = batch
+        else:
+            frame, bstep = _as_frame(batch)
+            panel = panel_of(frame, step or bstep)
         self.step_ = panel.step
         self.panel_ = panel
         self._fit(panel)
@@ -209,7 +212,7 @@ class BaseForecaster:
 
     def _panel(self, batch: SeriesBatch | pd.DataFrame) -> Panel:
         frame, bstep = _as_frame(batch)
-        return to_panel(check_frame(frame), self.step_ or bstep)
+        return panel_of(frame, self.step_ or bstep)
 
     def _check_fitted(self) -> None:
         if self.step_ is None:

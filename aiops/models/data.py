@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -40,12 +41,31 @@ class Panel:
         return [s + (len(v) - 1) * self.step for s, v in zip(self.starts, self.values)]
 
 
+class _Rows(NamedTuple):
+    """A long frame's rows as arrays, sorted by (series, time) and stable."""
+
+    codes: np.ndarray  # each row's series: an index into ``names``
+    names: np.ndarray  # the series ids as text, sorted
+    t: np.ndarray  # timestamps, int64 ns since the epoch
+    values: np.ndarray  # float64
+
+
 def check_frame(frame: pd.DataFrame, *, duplicates: str = "error") -> pd.DataFrame:
     """Validate a long frame and return it sorted with UTC timestamps and float values.
 
     ``duplicates="error"`` rejects repeated (series_id, ts) pairs; ``"keep"`` keeps them (the
     last one then stands for that step when put on a grid).
     """
+    r = _checked_rows(frame, duplicates)
+    return pd.DataFrame({"series_id": r.names[r.codes], "ts": pd.to_datetime(r.t, unit="ns", utc=True), "value": r.values})
+
+
+def panel_of(frame: pd.DataFrame, step: pd.Timedelta | None = None, *, duplicates: str = "error") -> Panel:
+    """``to_panel(check_frame(frame, duplicates=...), step)`` in one pass over the rows."""
+    return _grid(_checked_rows(frame, duplicates), step)
+
+
+def _checked_rows(frame: pd.DataFrame, duplicates: str) -> _Rows:
     if not isinstance(frame, pd.DataFrame):
         raise InputError(f"expected a DataFrame with columns {SERIES_COLUMNS}, got {type(frame).__name__}")
     missing = [c for c in SERIES_COLUMNS if c not in frame.columns]
@@ -56,63 +76,69 @@ def check_frame(frame: pd.DataFrame, *, duplicates: str = "error") -> pd.DataFra
         )
     if frame.empty:
         raise InputError("frame has no rows", hint="fetch a longer history or check the query")
-    f = frame[list(SERIES_COLUMNS)]
-    ts = pd.to_datetime(f["ts"], utc=True)
+    ts = pd.to_datetime(frame["ts"], utc=True)
     if ts.isna().any():
         raise InputError(f"frame has {int(ts.isna().sum())} row(s) without a timestamp", hint="drop or fix those rows")
     try:
-        values = pd.to_numeric(f["value"], errors="raise").astype("float64").to_numpy()
+        values = pd.to_numeric(frame["value"], errors="raise").astype("float64").to_numpy()
     except (ValueError, TypeError) as exc:
         raise InputError(f"frame has non-numeric values: {exc}") from None
-    codes, names = _series_codes(f["series_id"])
-    t = pd.DatetimeIndex(ts).as_unit("ns").asi8
-    ts_arr = ts.array
-    order = _row_order(codes, t)
-    if order is not None:
-        codes, t, ts_arr, values = codes[order], t[order], ts_arr.take(order), values[order]
+    r = _sorted_rows(frame["series_id"], pd.DatetimeIndex(ts).as_unit("ns").asi8, values)
     # sorted by (series, time) and stable, so a repeat is the row right after its first
-    dup = np.concatenate([[False], (codes[1:] == codes[:-1]) & (t[1:] == t[:-1])])
+    dup = (r.codes[1:] == r.codes[:-1]) & (r.t[1:] == r.t[:-1])
     if dup.any() and duplicates == "keep":
         logger.info("%d rows repeat an earlier timestamp of their series", int(dup.sum()))
     elif dup.any():
-        i = int(np.argmax(dup))
+        i = int(np.argmax(dup)) + 1
         raise InputError(
-            f"duplicate timestamp {ts_arr[i]} in series {names[codes[i]]!r}",
+            f"duplicate timestamp {pd.Timestamp(int(r.t[i]), tz='UTC')} in series {r.names[r.codes[i]]!r}",
             hint="each series needs one value per timestamp",
         )
-    return pd.DataFrame({"series_id": names[codes], "ts": ts_arr, "value": values})
+    return r
 
 
-def _series_codes(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's series as a code into the sorted ids (as text), and those ids.
-
-    Ids that read the same as text (``1`` and ``"1"``) are one series.
-    """
-    codes, uniq = pd.factorize(ids, use_na_sentinel=False)
+def _sorted_rows(ids: pd.Series, t: np.ndarray, values: np.ndarray) -> _Rows:
+    """Rows sorted by (series id as text, time), stable; ids that read the same as text
+    (``1`` and ``"1"``) are one series."""
+    codes, uniq = pd.factorize(ids)
+    if (codes < 0).any():  # a missing id is the series "nan", as str() says
+        codes = np.where(codes < 0, len(uniq), codes)
+        uniq = list(uniq) + [np.nan]
     names, inv = np.unique(np.asarray([str(u) for u in uniq], dtype=object), return_inverse=True)
-    return inv.reshape(-1)[codes], names
+    codes = inv.reshape(-1)[codes].astype(np.int32 if len(names) < 2**31 else np.int64)
+    if len(codes) > 1:
+        dc = np.diff(codes)
+        if (dc < 0).any():
+            order = np.argsort(codes, kind="stable")  # a radix/merge sort on small ints
+            codes, t, values = codes[order], t[order], values[order]
+            dc = np.diff(codes)
+        back = (dc == 0) & (np.diff(t) < 0)
+        if back.any():  # time goes back within a series: sort by time too
+            order = np.lexsort((t, codes))
+            codes, t, values = codes[order], t[order], values[order]
+    return _Rows(codes, names, t, values)
 
 
-def _row_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray | None:
-    """A stable order of the rows by (series, time), or None when they are in it already."""
-    if len(codes) < 2:
-        return None
-    dc = np.diff(codes)
-    if ((dc > 0) | ((dc == 0) & (np.diff(t) >= 0))).all():
-        return None
-    return np.lexsort((t, codes))
+def _frame_rows(frame: pd.DataFrame) -> _Rows:
+    """The rows of a long frame, unvalidated, sorted by (series, time)."""
+    return _sorted_rows(frame["series_id"], pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8,
+                        frame["value"].to_numpy(dtype=np.float64))
 
 
 def infer_step(frame: pd.DataFrame) -> pd.Timedelta:
     """Median spacing of consecutive timestamps across all series."""
-    diffs = frame.groupby("series_id", sort=False)["ts"].diff().dropna()
-    diffs = diffs[diffs > pd.Timedelta(0)]
-    if diffs.empty:
+    return _infer_step(_frame_rows(frame))
+
+
+def _infer_step(r: _Rows) -> pd.Timedelta:
+    d = np.diff(r.t)[r.codes[1:] == r.codes[:-1]]
+    d = d[d > 0]
+    if d.size == 0:
         raise InputError(
             "cannot infer the sampling step from a single timestamp per series",
             hint="pass step= explicitly or give at least two points per series",
         )
-    return pd.Timedelta(diffs.median())
+    return pd.Timedelta(int(np.median(d)), unit="ns")
 
 
 def to_panel(frame: pd.DataFrame, step: pd.Timedelta | None = None) -> Panel:
@@ -121,25 +147,23 @@ def to_panel(frame: pd.DataFrame, step: pd.Timedelta | None = None) -> Panel:
     Samples snap to the nearest grid step from the series' first timestamp; when two land on
     the same step the last wins. Steps without a sample are NaN.
     """
-    step = pd.Timedelta(step) if step is not None else infer_step(frame)
+    return _grid(_frame_rows(frame), step)
+
+
+def _grid(r: _Rows, step: pd.Timedelta | None) -> Panel:
+    step = pd.Timedelta(step) if step is not None else _infer_step(r)
     if step <= pd.Timedelta(0):
         raise InputError(f"step must be positive, got {step}")
     ids, starts, values, positions = [], [], [], []
     ns = step.value
-    codes, names = _series_codes(frame["series_id"])
-    t = pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8
-    v = frame["value"].to_numpy(dtype=np.float64)
-    order = _row_order(codes, t)
-    if order is not None:
-        codes, t, v = codes[order], t[order], v[order]
     # one pass over contiguous row ranges: a pandas groupby costs more than the grids
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(r.codes)) + 1, [len(r.codes)]])
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        tt = t[a:b]
+        tt = r.t[a:b]
         k = np.rint((tt - tt[0]) / ns).astype(np.int64)
         arr = np.full(int(k[-1]) + 1, np.nan)
-        arr[k] = v[a:b]  # a repeated step keeps the last row
-        ids.append(str(names[codes[a]]))
+        arr[k] = r.values[a:b]  # a repeated step keeps the last row
+        ids.append(str(r.names[r.codes[a]]))
         starts.append(pd.Timestamp(int(tt[0]), tz="UTC"))
         values.append(arr)
         positions.append(k)
