@@ -13,7 +13,7 @@ from aiops.models.calibrate import band_score, causal_scores
 from aiops.models.data import Panel, check_frame, panel_of, to_panel
 from aiops.models.registry import detect_kind, get_model
 from aiops.timeutil import parse_duration
-from aiops.types import FORECAST_COLUMNS, SCORE_COLUMNS
+from aiops.types import SCORE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def forecast_frame(
     if hasattr(m, "horizon"):
         m.horizon = h
     m.fit(panel)
-    return m.predict(h)[list(FORECAST_COLUMNS)]
+    return m.predict(h)
 
 
 def refit_schedule(n: int, refit_every: int, min_fit: int = MIN_FIT_STEPS) -> list[int]:

@@ -118,11 +118,12 @@ class BaseForecaster:
         def flat(parts: list[np.ndarray]) -> np.ndarray:
             return np.concatenate([np.asarray(a, dtype=np.float64).reshape(h) for a in parts]) if parts else np.empty(0)
 
-        return pd.DataFrame({
+        cols = {
             "series_id": np.repeat(np.asarray(panel.ids, dtype=object), h),
             "ts": pd.to_datetime(ts, unit="ns", utc=True),
             "yhat": flat(yhat), "yhat_lower": flat(lo), "yhat_upper": flat(hi),
-        })[list(FORECAST_COLUMNS)]
+        }
+        return pd.DataFrame({c: cols[c] for c in FORECAST_COLUMNS})
 
     def score(self, batch: SeriesBatch | pd.DataFrame, *, start: Any = None, window: int | None = None) -> pd.DataFrame:
         """Causal anomaly scores of the rows of ``batch`` (from ``start`` on, default all).

@@ -26,7 +26,7 @@ from aiops.errors import ModelError
 from aiops.models.base import BaseForecaster
 from aiops.models.baselines import RobustSeasonal
 from aiops.models.calibrate import factors_at, horizon_factors, widen
-from aiops.models.data import Panel, detect_season, fill_gaps, robust_scale
+from aiops.models.data import Panel, detect_season, fill_gaps, robust_scale, robust_scale_rows
 
 logger = logging.getLogger(__name__)
 
@@ -351,9 +351,16 @@ class NeuralForecaster(BaseForecaster):
     def _raw_forecast(self, xs: list[np.ndarray], scales: list[float], horizon: int):
         torch = _torch()
         L, H, _ = self._dims()
-        ctx = np.stack([np.concatenate([np.full(max(0, L - len(x)), x[0]), x])[-L:] for x in xs])
+        ctx = np.empty((len(xs), L))
+        full = [i for i, x in enumerate(xs) if len(x) >= L]
+        if full:
+            ctx[full] = np.stack([xs[i][-L:] for i in full])
+        for i, x in enumerate(xs):
+            if len(x) < L:  # a short history is padded with its first value
+                ctx[i, : L - len(x)] = x[0]
+                ctx[i, L - len(x) :] = x
         sc = np.asarray(scales, dtype=np.float64)
-        outs = []
+        outs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         dev = next(self.net_.parameters()).device
         done = 0
         while done < horizon:
@@ -363,21 +370,52 @@ class NeuralForecaster(BaseForecaster):
                 parts = [self.net_(torch.from_numpy(feats[i : i + 4096]).to(dev)).float().cpu().numpy()
                          for i in range(0, len(feats), 4096)]
             q = np.concatenate(parts).reshape(len(ctx), H, 3)
-            q = np.sort(q + base[:, :, None], axis=2) * sc[:, None, None] + loc[:, :, None]
-            outs.append(q)
+            a, b, c = q[:, :, 0], q[:, :, 1], q[:, :, 2]
+            # the three quantiles in order (min, median, max of three), back in series units
+            ab_lo, ab_hi = np.minimum(a, b), np.maximum(a, b)
+            lo, hi = np.minimum(ab_lo, c), np.maximum(ab_hi, c)
+            mid = np.maximum(ab_lo, np.minimum(ab_hi, c))
+            outs.append(tuple((v + base) * sc[:, None] + loc for v in (lo, mid, hi)))
             done += H
-            ctx = np.concatenate([ctx, q[:, :, 1]], axis=1)[:, -L:]  # roll forward on the median
-        q = np.concatenate(outs, axis=1)[:, :horizon]
-        return q[:, :, 1], q[:, :, 0], q[:, :, 2]
+            if done < horizon:
+                ctx = np.concatenate([ctx, outs[-1][1]], axis=1)[:, -L:]  # roll forward on the median
+        if len(outs) == 1:
+            lo, mid, hi = (v[:, :horizon] for v in outs[0])
+        else:
+            lo, mid, hi = (np.concatenate([o[j] for o in outs], axis=1)[:, :horizon] for j in range(3))
+        return mid, lo, hi
 
     def _scale_of(self, sid: str, y: np.ndarray) -> float:
         st = self.series_.get(sid)
         return float(st["scale"]) if st else robust_scale(y)[1]
 
+    def _scales(self, panel: Panel) -> np.ndarray:
+        """Each series' scale: the fitted one, else :func:`robust_scale` of its history (computed
+        for many same-length gap-free series at once)."""
+        out = np.empty(len(panel))
+        same: dict[int, list[int]] = {}
+        for i, (sid, y) in enumerate(zip(panel.ids, panel.values)):
+            st = self.series_.get(sid)
+            if st:
+                out[i] = float(st["scale"])
+            elif np.isfinite(y).all():
+                same.setdefault(len(y), []).append(i)
+            else:
+                out[i] = robust_scale(y)[1]
+        for idx in same.values():
+            for c in range(0, len(idx), CALIB_CHUNK):
+                part = idx[c : c + CALIB_CHUNK]
+                out[part] = robust_scale_rows(np.stack([panel.values[i] for i in part]))
+        return out
+
     def _forecast(self, panel: Panel, horizon: int):
-        xs = [fill_gaps(y) for y in panel.values]
+        L = self._dims()[0]
+        xs = []
+        for y in panel.values:  # only the context window is needed; filled only where it has gaps
+            tail = y[-L:]
+            xs.append(tail if np.isfinite(tail).all() else fill_gaps(y)[-L:])
         with _threads(int(self.params["threads"])):
-            yh, lo, hi = self._raw_forecast(xs, [self._scale_of(s, y) for s, y in zip(panel.ids, panel.values)], horizon)
+            yh, lo, hi = self._raw_forecast(xs, list(self._scales(panel)), horizon)
         lo, hi = widen(yh, lo, hi, factors_at(*self.cal_, horizon)[None, :])
         return list(yh), list(lo), list(hi)
 
