@@ -44,7 +44,7 @@ def synthetic_panel(n_series: int, n_points: int, seed: int = 0, chunk: int = 10
     ids, rows = [], []
     for c in range(0, n_series, chunk):
         i, y = synthetic_values(min(chunk, n_series - c), n_points, seed + 1 + c // chunk, first=c)
-        ids += i.tolist()
+        ids += [f"unseen_{v}" for v in i]  # none of them was fitted
         rows += list(y)
     start = pd.Timestamp("2024-01-01", tz="UTC")
     return Panel(ids, [start] * n_series, STEP, rows)
@@ -129,7 +129,9 @@ def run_aiops(frame: pd.DataFrame, model: str, horizon: int, device: str, n: int
     res["fit_series_per_s"] = n / res["fit_s"]
     res["predict_series_per_s"] = n / res["predict_s"]
     res["predict_frame_series_per_s"] = n / res["predict_frame_s"]
-    if predict_panel is not None:  # inference at a larger scale than the fit, from gridded series
+    if predict_panel is not None and getattr(klass, "GLOBAL", False) and model != "auto":
+        # inference at a larger scale than the fit, from gridded series the model has not seen
+        # (a global model forecasts them as they are; ``auto`` would fit its baseline on each)
         m.panel_ = predict_panel
         with measure(res, "predict_large", device):
             m.predict(horizon)
@@ -181,8 +183,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch CPU threads for the neural models (default: the model's, 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--predict-series", type=int,
-                    help="also time predict() on this many other series (made as arrays, no long frame), "
-                    "with the model fitted on --series: inference at scales whose long frame would not fit in memory")
+                    help="also time predict() of the global neural model on this many other series (made as "
+                    "arrays, no long frame), fitted on --series: inference at scales whose long frame would not fit "
+                    "in memory")
     ap.add_argument("--out", help="write results JSON here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
