@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from aiops.errors import InputError
-from aiops.models.calibrate import band_score, causal_scores
+from aiops.models.base import scores_frame
+from aiops.models.calibrate import band_score
 from aiops.models.data import Panel, check_frame, panel_of, to_panel
 from aiops.models.registry import detect_kind, get_model
 from aiops.timeutil import parse_duration
@@ -128,20 +129,7 @@ def detect_frame(
                 preds[i][r:nxt] = m._one_step(panel.ids[i], y, panel.starts[i])[r:nxt]
             bar.update(1)
     bar.close()
-    parts = []
-    window = int((params or {}).get("calib_window", 2000))
-    # deviations that recur at the same time of day are not new (see aiops.models.calibrate)
-    season = int(round(pd.Timedelta(days=1) / panel.step)) if panel.step < pd.Timedelta(days=1) else None
-    for i, sid in enumerate(panel.ids):
-        s = causal_scores(panel.values[i], preds[i], level, window=window, season=season)
-        pos = panel.positions[i]
-        parts.append(pd.DataFrame({
-            "series_id": sid,
-            "ts": panel.starts[i] + panel.step * pos,
-            "value": panel.values[i][pos],
-            **{c: s[c][pos] for c in SCORE_COLUMNS[3:]},
-        }))
-    out = pd.concat(parts, ignore_index=True)
+    out = scores_frame(panel, preds, level, window=int((params or {}).get("calib_window", 2000)))
     # report each input row as given: its own timestamp and value (grid snapping may round
     # off-grid samples, and rows repeating a timestamp share that step's band)
     out["ts"] = f["ts"].to_numpy()

@@ -43,6 +43,33 @@ class Forecaster(Protocol):
     def save(self, path: str | Path) -> Path: ...
 
 
+def scores_frame(panel: Panel, preds: list[np.ndarray], level: float, *, window: int,
+                 start: pd.Timestamp | None = None) -> pd.DataFrame:
+    """``SCORE_COLUMNS`` for every observed row of ``panel`` (from ``start`` on) given causal
+    one-step predictions per series (:func:`~aiops.models.calibrate.causal_scores`).
+
+    One rule for the scheduler and the backtest: with a step under a day, deviations that recur
+    at the same time of day are not new (``season`` = steps per day).
+    """
+    day = pd.Timedelta(days=1)
+    season = int(round(day / panel.step)) if panel.step < day else None
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in SCORE_COLUMNS}
+    for sid, t0, y, pos, pred in zip(panel.ids, panel.starts, panel.values, panel.positions, preds):
+        s = causal_scores(y, pred, level, window=window, season=season)
+        # times as integer ns since the epoch: a Timedelta times an array builds Python objects
+        ts = t0.value + panel.step.value * pos
+        keep = slice(None) if start is None else ts >= start.value
+        ts = ts[keep]
+        cols["series_id"].append(np.full(len(ts), sid, dtype=object))
+        cols["ts"].append(ts)
+        cols["value"].append(y[pos][keep])
+        for k, v in s.items():
+            cols[k].append(v[pos][keep])
+    out = {c: np.concatenate(v) for c, v in cols.items()}
+    out["ts"] = pd.to_datetime(out["ts"], unit="ns", utc=True)
+    return pd.DataFrame(out)
+
+
 def _as_frame(batch: SeriesBatch | pd.DataFrame) -> tuple[pd.DataFrame, pd.Timedelta | None]:
     if isinstance(batch, SeriesBatch):
         return batch.frame, batch.step
@@ -136,24 +163,9 @@ class BaseForecaster:
         start_ts = pd.Timestamp(start) if start is not None else None
         if start_ts is not None and start_ts.tzinfo is None:
             start_ts = start_ts.tz_localize("UTC")
-        cols: dict[str, list[np.ndarray]] = {c: [] for c in SCORE_COLUMNS}
-        step = panel.step.value
-        for i, sid in enumerate(panel.ids):
-            y = panel.values[i]
-            pred = self._one_step(sid, y, panel.starts[i])
-            s = causal_scores(y, pred, self.level, window=window or self.params.get("calib_window", 1000))
-            pos = panel.positions[i]
-            # times as integer ns since the epoch: a Timedelta times an array builds Python objects
-            ts = panel.starts[i].value + step * pos
-            keep = slice(None) if start_ts is None else ts >= start_ts.value
-            cols["series_id"].append(np.full(len(pos[keep]), sid, dtype=object))
-            cols["ts"].append(ts[keep])
-            cols["value"].append(y[pos][keep])
-            for k, v in s.items():
-                cols[k].append(v[pos][keep])
-        out = {c: np.concatenate(v) for c, v in cols.items()}
-        out["ts"] = pd.to_datetime(out["ts"], unit="ns", utc=True)
-        return pd.DataFrame(out)[list(SCORE_COLUMNS)]
+        preds = [self._one_step(sid, y, t0) for sid, y, t0 in zip(panel.ids, panel.values, panel.starts)]
+        return scores_frame(panel, preds, self.level, window=window or self.params.get("calib_window", 1000),
+                            start=start_ts)
 
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``weights.safetensors`` under ``path`` (a folder)."""
