@@ -549,7 +549,7 @@ class AutoForecaster(BaseForecaster):
             sub = Panel([panel.ids[i] for i, _ in part], [panel.starts[i] for i, _ in part], panel.step,
                         [panel.values[i][:o] for i, o in part])
             yh, lo, hi = (np.stack(a) for a in rb._forecast(sub, H))
-            scale = np.array([self._scale(panel, i) for i, _ in part])
+            scale = np.array([nn._scale_of(panel.ids[i], panel.values[i]) for i, _ in part])
             r = np.stack([panel.values[i][o : o + H] for i, o in part]) - yh
             res.append(r)
             halves.append(np.maximum(np.where(r >= 0, hi - yh, yh - lo), 1e-6 * scale[:, None]))
@@ -559,10 +559,6 @@ class AutoForecaster(BaseForecaster):
                 out.setdefault(panel.ids[i], []).append(float(e))
         self.robust_cal_ = horizon_factors(np.concatenate(res), np.concatenate(halves), self.level)
         return {sid: float(np.nanmean(v)) if np.isfinite(v).any() else np.nan for sid, v in out.items()}
-
-    def _scale(self, panel: Panel, i: int) -> float:
-        st = self.neural_.series_.get(panel.ids[i])
-        return float(st["scale"]) if st else robust_scale(panel.values[i])[1]
 
     def _pick(self, sid: str) -> BaseForecaster:
         st = self.series_.get(sid)
