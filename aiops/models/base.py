@@ -137,10 +137,8 @@ class BaseForecaster:
         h = int(horizon)
         yhat, lo, hi = self._forecast(panel, h)
         # one frame for all series at once: per-series frames cost more than the forecast itself
-        step = panel.step.value
-        ends = np.array([t.value for t in panel.starts], dtype=np.int64) + step * (
-            np.array([len(v) for v in panel.values], dtype=np.int64) - 1)
-        ts = (ends[:, None] + step * np.arange(1, h + 1, dtype=np.int64)[None, :]).ravel()
+        ends = np.array([t.value for t in panel.ends()], dtype=np.int64)
+        ts = (ends[:, None] + panel.step.value * np.arange(1, h + 1, dtype=np.int64)[None, :]).ravel()
 
         def flat(parts: list[np.ndarray]) -> np.ndarray:
             return np.concatenate([np.asarray(a, dtype=np.float64).reshape(h) for a in parts]) if parts else np.empty(0)
