@@ -85,7 +85,8 @@ def forecast_cmd(input_path, horizon, output_path, level, model, seed, keep_dupl
     from aiops.timeutil import format_timestamps
 
     frame, form, has_series = read_series_csv(input_path, keep_duplicates=keep_duplicates)
-    frame = frame.drop_duplicates(["series_id", "ts"], keep="last")
+    if keep_duplicates:
+        frame = frame.drop_duplicates(["series_id", "ts"], keep="last")
     fc = forecast_frame(frame, horizon, level=_level(level), model=model, seed=seed)
     out = pd.DataFrame({"timestamp": format_timestamps(fc["ts"], form).to_numpy()})
     if has_series:
